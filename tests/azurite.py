@@ -1,0 +1,76 @@
+"""A real Azurite blob service for the test session: in memory, on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ACCOUNT = "devstoreaccount1"
+# Azurite's well-known development key (public, documented by Microsoft).
+KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Azurite:
+    port: int
+    process: subprocess.Popen | None = None
+
+    @property
+    def blob_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}/{ACCOUNT}"
+
+    @property
+    def connection_string(self) -> str:
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
+            f"BlobEndpoint={self.blob_endpoint};"
+        )
+
+    def start(self, *extra: str) -> Azurite:
+        binary = ROOT / "node_modules" / ".bin" / "azurite-blob"
+        if not binary.exists():
+            raise RuntimeError("Azurite is not installed: run `npm ci` (make test does).")
+        self.process = subprocess.Popen(
+            [
+                str(binary), "--inMemoryPersistence", "--skipApiVersionCheck", "--disableTelemetry",
+                "--blobHost", "127.0.0.1", "--blobPort", str(self.port), *extra,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "NODE_NO_WARNINGS": "1"},
+        )
+        self._wait_until_listening()
+        return self
+
+    def _wait_until_listening(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"Azurite exited: {self.process.stderr.read().decode(errors='replace')}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"Azurite did not listen on port {self.port} within {timeout} s")
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None

@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import functools
+import io
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit, parse_qsl
+
+import azure.functions as func
+import pytest
+from azure.storage.blob.aio import BlobServiceClient, ContainerClient
+from PIL import Image
+
+import function_app
+from tests.azurite import Azurite, free_port
+from visionary import clients
+
+# Settings the app reads; every test starts with none of them and sets its own.
+APP_SETTINGS = (
+    "VISIONARY_", "OPENAI_", "AZURE_OPENAI_", "accountName", "accountKey", "AzureWebJobsStorage",
+)
+
+
+# The environment of a child process: this machine's, less every app setting.
+ROOT_ENV = {name: value for name, value in os.environ.items() if not name.startswith(APP_SETTINGS)}
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    server = Azurite(free_port()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith(APP_SETTINGS):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def close_cached_clients() -> AsyncIterator[None]:
+    yield
+    await clients.close_all()
+
+
+@pytest.fixture
+def container_name() -> str:
+    return f"test-{uuid.uuid4().hex[:20]}"
+
+
+@pytest.fixture
+def storage_env(azurite: Azurite, container_name: str, monkeypatch: pytest.MonkeyPatch) -> Azurite:
+    """The app's storage settings pointed at Azurite and a container of this test's own."""
+    monkeypatch.setenv("VISIONARY_STORAGE_CONNECTION_STRING", azurite.connection_string)
+    monkeypatch.setenv("VISIONARY_CONTAINER", container_name)
+    return azurite
+
+
+@pytest.fixture
+async def container(storage_env: Azurite, container_name: str) -> AsyncIterator[ContainerClient]:
+    """A direct client on the test's container, to look behind the API's back."""
+    service = BlobServiceClient.from_connection_string(storage_env.connection_string)
+    async with service:
+        yield service.get_container_client(container_name)
+
+
+def png_bytes(seed: int = 0, size: int = 8) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (size, size), (seed % 256, (seed * 7) % 256, 99)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> object:
+        assert self.headers.get("Content-Type", "").startswith("application/json"), self.headers
+        return json.loads(self.body)
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8")
+
+
+@functools.cache
+def registered_functions() -> dict[str, object]:
+    # FunctionApp.get_functions() indexes the app and may run once per process, as on the host.
+    return {f.get_function_name(): f for f in function_app.app.get_functions()}
+
+
+class Api:
+    """Calls the registered handlers of function_app with real func.HttpRequest objects."""
+
+    def __init__(self) -> None:
+        self.functions = registered_functions()
+
+    async def call(
+        self,
+        function: str,
+        method: str = "GET",
+        query: str = "",
+        body: bytes | str | object = b"",
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        trigger = self.functions[function].get_trigger()
+        if not isinstance(body, (bytes, str)):
+            body = json.dumps(body)
+        if isinstance(body, str):
+            body = body.encode()
+        url = f"http://localhost:7071/api/{trigger.route}" + (f"?{query}" if query else "")
+        request = func.HttpRequest(
+            method=method,
+            url=url,
+            headers=headers or {},
+            params=dict(parse_qsl(urlsplit(url).query, keep_blank_values=True)),
+            route_params={},
+            body=body,
+        )
+        response = await self.functions[function].get_user_function()(request)
+        headers = dict(response.headers)
+        if response.mimetype:
+            headers["Content-Type"] = response.mimetype + (f"; charset={response.charset}" if response.charset else "")
+        return Response(response.status_code, headers, response.get_body())
+
+    async def get_images(self, query: str = "") -> Response:
+        return await self.call("getImages", query=query)
+
+
+@pytest.fixture
+def api() -> Api:
+    return Api()

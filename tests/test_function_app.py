@@ -1,0 +1,38 @@
+import subprocess
+import sys
+
+from tests.conftest import ROOT_ENV, registered_functions
+
+
+def test_four_http_triggers_with_their_routes_and_methods():
+    triggers = {
+        name: (function.get_trigger().route, [m.value for m in function.get_trigger().methods])
+        for name, function in registered_functions().items()
+    }
+    assert triggers == {
+        "generateImage": ("generateImage", ["POST"]),
+        "getImages": ("getImages", ["GET"]),
+        "getChatGPTSuggestion": ("getChatGPTSuggestion", ["GET"]),
+        "sasToken": ("sasToken", ["GET"]),
+    }
+
+
+def test_importing_the_app_never_fails_on_settings():
+    # Malformed settings must not stop the host from listing the functions.
+    env = {**ROOT_ENV, "VISIONARY_PAGE_SIZE": "many", "VISIONARY_SAS_TTL_MINUTES": "-3", "accountName": "x"}
+    result = subprocess.run(
+        [sys.executable, "-c", "import function_app; print(len(function_app.app.get_functions()))"],
+        env=env, capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "4"
+
+
+async def test_malformed_settings_are_reported_at_first_use(api, storage_env, monkeypatch):
+    monkeypatch.setenv("VISIONARY_PAGE_SIZE", "many")
+    answer = await api.get_images()
+    assert answer.status == 503
+    assert answer.json() == {
+        "error": "VISIONARY_PAGE_SIZE must be a whole number from 1 to 500, not 'many'.",
+        "code": "not_configured",
+    }

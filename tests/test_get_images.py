@@ -1,0 +1,131 @@
+import httpx
+import pytest
+
+from tests.conftest import Api, png_bytes
+from visionary.settings import Settings
+from visionary.storage import Gallery
+
+
+@pytest.fixture
+async def gallery(storage_env) -> Gallery:
+    """The app's own gallery client, used here to fill the container."""
+    gallery = Gallery.from_settings(Settings.from_env().require_storage())
+    yield gallery
+    await gallery.close()
+
+
+async def add(gallery: Gallery, count: int, start_ms: int = 1_763_700_000_000, label: str = "img") -> list[str]:
+    blobs = []
+    for i in range(count):
+        gallery.clock = lambda i=i: start_ms + i
+        blobs.append((await gallery.upload(png_bytes(i), "image/png", f"{label} {i}")).name.blob)
+    return blobs
+
+
+async def test_a_listed_url_serves_the_stored_png(api: Api, gallery: Gallery):
+    await gallery.upload(png_bytes(7), "image/png", "A lighthouse at dusk, oil painting")
+    answer = await api.get_images()
+    assert answer.status == 200
+    [image] = answer.json()["imageUrls"]
+    assert image["prompt"] == "A lighthouse at dusk, oil painting"
+    assert image["name"].startswith("A lighthouse at dusk, oil painting_") and image["name"].endswith(".png")
+    assert image["blob"].startswith("gallery/")
+    async with httpx.AsyncClient() as http:
+        fetched = await http.get(image["url"])
+    assert fetched.status_code == 200
+    assert fetched.headers["content-type"] == "image/png"
+    assert fetched.content == png_bytes(7)
+
+
+async def test_paging_walks_every_image_once_newest_first(api: Api, gallery: Gallery):
+    blobs = await add(gallery, 23)
+    seen, cursor, calls = [], None, 0
+    while True:
+        query = "limit=5" + (f"&cursor={cursor}" if cursor else "")
+        page = (await api.get_images(query)).json()
+        calls += 1
+        seen += [image["blob"] for image in page["imageUrls"]]
+        cursor = page["nextCursor"]
+        if cursor is None:
+            break
+    assert seen == sorted(blobs) == list(reversed(blobs))  # newest first
+    assert calls == 5
+
+
+async def test_images_added_later_do_not_shift_later_pages(api: Api, gallery: Gallery):
+    blobs = await add(gallery, 10)
+    first = (await api.get_images("limit=4")).json()
+    await add(gallery, 3, start_ms=1_763_800_000_000, label="newer")
+    second = (await api.get_images(f"limit=4&cursor={first['nextCursor']}")).json()
+    newest_first = list(reversed(blobs))
+    assert [i["blob"] for i in first["imageUrls"]] == newest_first[:4]
+    assert [i["blob"] for i in second["imageUrls"]] == newest_first[4:8]
+    top = (await api.get_images("limit=3")).json()
+    assert [i["prompt"] for i in top["imageUrls"]] == ["newer 2", "newer 1", "newer 0"]
+
+
+async def test_one_page_shares_one_sas(api: Api, gallery: Gallery):
+    await add(gallery, 3)
+    images = (await api.get_images()).json()["imageUrls"]
+    assert len({image["url"].split("?", 1)[1] for image in images}) == 1
+
+
+async def test_an_empty_or_missing_container_is_an_empty_page(api: Api, storage_env):
+    answer = await api.get_images()
+    assert answer.status == 200
+    assert answer.json() == {"imageUrls": [], "nextCursor": None}
+
+
+async def test_the_default_page_size_is_a_setting(api: Api, gallery: Gallery, monkeypatch):
+    await add(gallery, 4)
+    monkeypatch.setenv("VISIONARY_PAGE_SIZE", "3")
+    page = (await api.get_images()).json()
+    assert len(page["imageUrls"]) == 3 and page["nextCursor"]
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=-1", "limit=501", "limit=abc", "limit=1e3", "limit=", "limit=٣"])
+async def test_a_bad_limit_is_a_400(api: Api, storage_env, query: str):
+    answer = await api.get_images(query)
+    assert answer.status == 400
+    assert answer.json() == {"error": "limit must be a whole number from 1 to 500.", "code": "invalid_parameter"}
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "gallery/0000000000000_x_1.png",  # a bare Azurite marker, not our encoding
+        "not-base64!",
+        "eyJ2IjoxfQ",  # {"v":1} without a token
+        "W10",  # []
+        "x" * 5000,
+    ],
+)
+async def test_a_cursor_that_is_not_ours_is_a_400(api: Api, gallery: Gallery, cursor: str):
+    await add(gallery, 2)
+    answer = await api.get_images(f"cursor={cursor}")
+    assert answer.status == 400
+    body = answer.json()
+    assert body["code"] == "invalid_parameter" and "cursor" in body["error"]
+
+
+async def test_without_storage_settings_both_endpoints_say_what_to_set(api: Api):
+    for function in ("getImages", "sasToken"):
+        answer = await api.call(function)
+        assert answer.status == 503
+        body = answer.json()
+        assert body["code"] == "not_configured"
+        for setting in ("VISIONARY_STORAGE_CONNECTION_STRING", "accountName", "AzureWebJobsStorage"):
+            assert setting in body["error"]
+
+
+async def test_unreachable_storage_is_a_503_without_details(api: Api, monkeypatch):
+    monkeypatch.setenv(
+        "VISIONARY_STORAGE_CONNECTION_STRING",
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
+        "BlobEndpoint=http://127.0.0.1:9/devstoreaccount1;",
+    )
+    monkeypatch.setenv("VISIONARY_STORAGE_TIMEOUT_SECONDS", "1")
+    answer = await api.get_images()
+    assert answer.status == 503
+    assert answer.json()["code"] == "storage_unavailable"
+    assert "a2V5" not in answer.text

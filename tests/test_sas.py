@@ -1,0 +1,72 @@
+from datetime import datetime, timedelta, timezone
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+from azure.storage.blob.aio import ContainerClient
+
+from tests.conftest import Api, png_bytes
+from visionary.sas import AccountKeySigner, SasPolicy
+
+
+@pytest.fixture
+async def stored_blob(container: ContainerClient) -> str:
+    await container.create_container()
+    await container.upload_blob("gallery/probe.png", png_bytes(), overwrite=True)
+    return "gallery/probe.png"
+
+
+async def test_the_token_reads_but_cannot_list_write_or_delete(api: Api, stored_blob: str):
+    answer = (await api.call("sasToken")).json()
+    assert answer["permissions"] == "r"
+    base, token = answer["containerUrl"], answer["sasToken"]
+    async with httpx.AsyncClient() as http:
+        read = await http.get(f"{base}/{stored_blob}?{token}")
+        listing = await http.get(f"{base}?restype=container&comp=list&{token}")
+        write = await http.put(
+            f"{base}/gallery/intruder.png?{token}", content=b"x", headers={"x-ms-blob-type": "BlockBlob"}
+        )
+        overwrite = await http.put(
+            f"{base}/{stored_blob}?{token}", content=b"x", headers={"x-ms-blob-type": "BlockBlob"}
+        )
+        delete = await http.delete(f"{base}/{stored_blob}?{token}")
+        still_there = await http.get(f"{base}/{stored_blob}?{token}")
+    assert read.status_code == 200 and read.content == png_bytes()
+    assert [listing.status_code, write.status_code, overwrite.status_code, delete.status_code] == [403] * 4
+    assert still_there.content == png_bytes()
+
+
+async def test_the_token_expires_after_the_ttl_and_starts_five_minutes_back(api: Api, monkeypatch, storage_env):
+    monkeypatch.setenv("VISIONARY_SAS_TTL_MINUTES", "45")
+    before = datetime.now(timezone.utc)
+    answer = (await api.call("sasToken")).json()
+    fields = parse_qs(answer["sasToken"])
+    start = datetime.fromisoformat(fields["st"][0].replace("Z", "+00:00"))
+    expiry = datetime.fromisoformat(fields["se"][0].replace("Z", "+00:00"))
+    assert fields["sp"] == ["r"] and fields["sr"] == ["c"]
+    assert timedelta(minutes=4) < before - start < timedelta(minutes=6)
+    assert timedelta(minutes=44) < expiry - before < timedelta(minutes=46)
+    assert datetime.fromisoformat(answer["expiresOn"].replace("Z", "+00:00")) == expiry
+
+
+async def test_ttl_is_capped_at_a_day(api: Api, monkeypatch, storage_env):
+    monkeypatch.setenv("VISIONARY_SAS_TTL_MINUTES", str(7 * 24 * 60))
+    answer = (await api.call("sasToken")).json()
+    expiry = datetime.fromisoformat(answer["expiresOn"].replace("Z", "+00:00"))
+    assert expiry - datetime.now(timezone.utc) <= timedelta(hours=24)
+
+
+async def test_https_only_off_the_emulator():
+    def policy(url: str) -> SasPolicy:
+        return SasPolicy("acct", "images", url, timedelta(minutes=30))
+
+    https = await AccountKeySigner(policy("https://acct.blob.core.windows.net/images"), "a2V5").sign()
+    emulator = await AccountKeySigner(policy("http://127.0.0.1:10000/acct/images"), "a2V5").sign()
+    assert parse_qs(https.token)["spr"] == ["https"]
+    assert "spr" not in parse_qs(emulator.token)
+
+
+async def test_a_cdn_base_replaces_the_container_url(api: Api, monkeypatch, storage_env):
+    monkeypatch.setenv("VISIONARY_PUBLIC_BASE_URL", "https://cdn.example.net/images/")
+    answer = (await api.call("sasToken")).json()
+    assert answer["containerUrl"] == "https://cdn.example.net/images"

@@ -1,0 +1,43 @@
+from visionary.settings import Settings, auth_level
+
+AZURITE = "UseDevelopmentStorage=true"
+
+
+def storage(env: dict[str, str]):
+    return Settings.from_env(env).storage
+
+
+def test_storage_sources_in_their_order():
+    everything = {
+        "VISIONARY_STORAGE_CONNECTION_STRING": "DefaultEndpointsProtocol=https;AccountName=a;AccountKey=k",
+        "accountName": "nodeacct",
+        "accountKey": "a2V5",
+        "VISIONARY_STORAGE_ACCOUNT_URL": "https://mi.blob.core.windows.net/",
+        "AzureWebJobsStorage": AZURITE,
+    }
+    assert storage(everything).connection_string.startswith("DefaultEndpointsProtocol=https")
+    del everything["VISIONARY_STORAGE_CONNECTION_STRING"]
+    assert storage(everything).account_name == "nodeacct"
+    del everything["accountKey"]  # a name alone is not enough
+    assert storage(everything).account_url == "https://mi.blob.core.windows.net"
+    del everything["VISIONARY_STORAGE_ACCOUNT_URL"]
+    assert storage(everything).connection_string == AZURITE
+    assert storage({}) is None
+
+
+def test_defaults_and_limits():
+    settings = Settings.from_env({"AzureWebJobsStorage": AZURITE})
+    assert (settings.page_size, settings.max_prompt_chars) == (50, 4000)
+    assert (settings.storage.container, settings.storage.sas_ttl_minutes) == ("images", 30)
+    assert Settings.from_env({"AzureWebJobsStorage": AZURITE, "VISIONARY_SAS_TTL_MINUTES": "100000"}).storage.sas_ttl_minutes == 1440
+
+
+def test_secrets_stay_out_of_the_repr():
+    settings = Settings.from_env({"accountName": "acct", "accountKey": "c2VjcmV0LWtleQ=="})
+    assert "c2VjcmV0LWtleQ" not in repr(settings)
+
+
+def test_auth_level():
+    assert auth_level({}) == "ANONYMOUS"
+    assert auth_level({"VISIONARY_AUTH_LEVEL": "Function"}) == "FUNCTION"
+    assert auth_level({"VISIONARY_AUTH_LEVEL": "typo"}) == "FUNCTION"  # unknown: the safer choice

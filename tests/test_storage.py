@@ -1,0 +1,86 @@
+from datetime import datetime, timedelta, timezone
+from urllib.parse import unquote
+
+import pytest
+from azure.storage.blob.aio import ContainerClient
+
+from tests.conftest import png_bytes
+from visionary import naming
+from visionary.settings import Settings
+from visionary.storage import Gallery, decode_cursor, encode_cursor, encode_metadata
+from visionary.errors import ApiError
+
+NOW = 1_763_700_000_000
+
+
+@pytest.fixture
+async def gallery(storage_env) -> Gallery:
+    gallery = Gallery.from_settings(Settings.from_env().require_storage())
+    yield gallery
+    await gallery.close()
+
+
+async def test_the_container_is_created_private_on_first_upload(gallery: Gallery, container: ContainerClient):
+    assert not await container.exists()
+    await gallery.upload(png_bytes(), "image/png", "first")
+    properties = await container.get_container_properties()
+    assert properties.public_access is None
+
+
+async def test_uploads_in_the_same_millisecond_get_distinct_names(gallery: Gallery, container: ContainerClient):
+    gallery.clock = lambda: NOW  # every upload sees the same millisecond
+    first = await gallery.upload(png_bytes(1), "image/png", "same prompt")
+    second = await gallery.upload(png_bytes(2), "image/png", "same prompt")
+    assert first.name.ts == NOW and second.name.ts == NOW + 1
+    assert second.name.blob < first.name.blob  # the later one lists first
+    assert await (await container.download_blob(first.name.blob)).readall() == png_bytes(1)
+    assert await (await container.download_blob(second.name.blob)).readall() == png_bytes(2)
+
+
+async def test_blobs_carry_metadata_and_headers(gallery: Gallery, container: ContainerClient):
+    prompt = "Ein Fuchs 🦊 im Schnee / watercolor, 100% \"quiet\"\nsecond line"
+    stored = await gallery.upload(png_bytes(), "image/png", prompt, revised_prompt="A fox", model="gpt-image-2")
+    properties = await container.get_blob_client(stored.name.blob).get_blob_properties()
+    assert properties.content_settings.content_type == "image/png"
+    assert properties.content_settings.cache_control == "public, max-age=31536000, immutable"
+    metadata = properties.metadata
+    assert unquote(metadata["prompt"]) == prompt
+    assert unquote(metadata["revised_prompt"]) == "A fox"
+    assert metadata["model"] == "gpt-image-2"
+    assert datetime.fromisoformat(metadata["created"]) == stored.created_at
+    assert all(value.isascii() for value in metadata.values())
+
+
+async def test_a_page_is_newest_first_and_the_cursor_walks_on(gallery: Gallery):
+    for i in range(5):
+        gallery.clock = lambda i=i: NOW + i * 1000
+        await gallery.upload(png_bytes(i), "image/png", f"picture {i}")
+    first = await gallery.page(3, None)
+    assert [image.prompt for image in first.images] == ["picture 4", "picture 3", "picture 2"]
+    second = await gallery.page(3, first.next_cursor)
+    assert [image.prompt for image in second.images] == ["picture 1", "picture 0"]
+    assert second.next_cursor is None
+
+
+async def test_no_container_is_an_empty_page(gallery: Gallery):
+    page = await gallery.page(10, None)
+    assert page.images == [] and page.next_cursor is None
+
+
+def test_cursors_are_ours_or_rejected():
+    assert decode_cursor(encode_cursor("gallery/123_x_1.png")) == "gallery/123_x_1.png"
+    for cursor in ["gallery/123_x_1.png", "e30", "W10", "eyJ2IjoyLCJ0b2tlbiI6IngifQ", "!!!", "a" * 5000]:
+        with pytest.raises(ApiError) as caught:
+            decode_cursor(cursor)
+        assert caught.value.code == "invalid_parameter"
+
+
+def test_metadata_stays_within_azures_8_kib():
+    created = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    huge = "東京" * 2000
+    metadata = encode_metadata(huge, "revised " * 1000, "gpt-image-2", created)
+    assert sum(len(k) + len(v) for k, v in metadata.items()) <= 8192
+    assert metadata["prompt_truncated"] == "true"
+    assert huge.startswith(unquote(metadata["prompt"]))
+    short = encode_metadata("a cat", "A fluffy cat", None, created)
+    assert unquote(short["revised_prompt"]) == "A fluffy cat" and "prompt_truncated" not in short

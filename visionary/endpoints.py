@@ -1,0 +1,112 @@
+"""What every endpoint shares: reading requests, shaping answers and errors, one log line each.
+
+`@endpoint` wraps a handler of `function_app.py`: an `ApiError` becomes its JSON
+answer, a storage outage becomes 503 `storage_unavailable`, anything else a
+logged 500 with no detail in the body. Each request logs one line with its
+outcome; the handler adds what it knows (model, blob, prompt) with `note()`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+import azure.functions as func
+from azure.core.exceptions import AzureError
+
+from visionary.errors import ApiError
+from visionary.settings import MAX_PAGE_SIZE
+
+log = logging.getLogger("visionary")
+
+JSON = "application/json"
+Handler = Callable[[func.HttpRequest], Awaitable[func.HttpResponse]]
+MAX_LOGGED_PROMPT = 80
+
+
+@dataclass
+class Outcome:
+    """What one request's log line says beyond function, status and time."""
+
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+_outcome: ContextVar[Outcome] = ContextVar("visionary_outcome")
+
+
+def note(**fields: str | None) -> None:
+    """Add fields to this request's log line (a prompt is cut to 80 characters)."""
+    outcome = _outcome.get(None)
+    if outcome is None:
+        return
+    for key, value in fields.items():
+        if value is not None:
+            outcome.fields[key] = _for_log(value[:MAX_LOGGED_PROMPT] if key == "prompt" else value)
+
+
+def endpoint(handler: Handler) -> Handler:
+    @functools.wraps(handler)
+    async def wrapper(req: func.HttpRequest) -> func.HttpResponse:
+        started = time.perf_counter()
+        outcome = Outcome()
+        token = _outcome.set(outcome)
+        try:
+            response = await handler(req)
+        except ApiError as error:
+            response = error_response(error)
+        except (AzureError, TimeoutError) as error:
+            log.warning("%s: storage failed: %s", handler.__name__, type(error).__name__)
+            response = error_response(ApiError.storage_unavailable())
+        except Exception:
+            log.exception("%s: unexpected failure", handler.__name__)
+            response = error_response(ApiError.internal())
+        finally:
+            _outcome.reset(token)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        extra = "".join(f" {key}={value}" for key, value in outcome.fields.items())
+        log.info("%s status=%d ms=%.0f%s", handler.__name__, response.status_code, elapsed_ms, extra)
+        return response
+
+    return wrapper
+
+
+def json_response(body: object, status: int = 200, headers: Mapping[str, str] | None = None) -> func.HttpResponse:
+    return func.HttpResponse(
+        json.dumps(body, ensure_ascii=False),
+        status_code=status,
+        headers=dict(headers or {}),
+        mimetype=JSON,
+        charset="utf-8",
+    )
+
+
+def text_response(text: str, status: int = 200) -> func.HttpResponse:
+    return func.HttpResponse(text, status_code=status, mimetype="text/plain", charset="utf-8")
+
+
+def error_response(error: ApiError) -> func.HttpResponse:
+    return json_response(error.to_json(), error.status, error.headers)
+
+
+def page_params(params: Mapping[str, str], default_limit: int) -> tuple[int, str | None]:
+    """`limit` (1..500, default from settings) and `cursor` of a gallery page request."""
+    raw_limit = params.get("limit")
+    if raw_limit is None:
+        limit = default_limit
+    elif raw_limit.isascii() and raw_limit.isdigit() and 1 <= int(raw_limit) <= MAX_PAGE_SIZE:
+        limit = int(raw_limit)
+    else:
+        raise ApiError.invalid_parameter(f"limit must be a whole number from 1 to {MAX_PAGE_SIZE}.")
+    cursor = params.get("cursor")
+    return limit, cursor or None
+
+
+def _for_log(value: str) -> str:
+    # One request, one line: no newlines or control characters from user text.
+    text = "".join(ch if ch.isprintable() else " " for ch in value)
+    return json.dumps(text, ensure_ascii=False) if " " in text or not text else text

@@ -1,0 +1,106 @@
+"""Blob names, and reading them back.
+
+A gallery blob is `gallery/{inv}_{title}_{ts}.{ext}` where `ts` is milliseconds
+since the epoch and `inv = 9999999999999 - ts`. Blob Storage lists names in
+lexicographic order, so the listing itself is newest first and a gallery page is
+one list call. The API's display name is `{title}_{ts}.{ext}`, the Node
+version's convention (clients split it on `_`).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+PREFIX = "gallery/"
+MAX_TS = 9_999_999_999_999
+MAX_TITLE_CHARS = 120
+UNTITLED = "untitled"
+EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+CONTENT_TYPES = {ext: content_type for content_type, ext in EXTENSIONS.items()} | {"jpeg": "image/jpeg"}
+
+_SEPARATORS = re.compile(r"[\s/\\_]+")
+_GALLERY_NAME = re.compile(r"gallery/(\d{13})_([^_/]+)_(\d{1,13})\.(png|jpg|webp)")
+_NODE_NAME = re.compile(r"([^/]+)_(\d{1,13})\.(png|jpg|jpeg|webp)", re.DOTALL | re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class BlobName:
+    title: str
+    ts: int  # milliseconds since the Unix epoch, UTC
+    ext: str
+
+    @property
+    def blob(self) -> str:
+        return f"{PREFIX}{MAX_TS - self.ts:013d}_{self.title}_{self.ts}.{self.ext}"
+
+    @property
+    def display_name(self) -> str:
+        return f"{self.title}_{self.ts}.{self.ext}"
+
+    @property
+    def created_at(self) -> datetime:
+        return datetime.fromtimestamp(self.ts / 1000, tz=timezone.utc)
+
+    @property
+    def content_type(self) -> str:
+        return CONTENT_TYPES[self.ext]
+
+    def later(self, ms: int = 1) -> BlobName:
+        return BlobName(self.title, self.ts + ms, self.ext)
+
+
+def title_from_prompt(prompt: str) -> str:
+    """The prompt made safe and short enough to be part of a blob name."""
+    text = unicodedata.normalize("NFC", prompt)
+    text = _SEPARATORS.sub(" ", text)
+    text = "".join(ch for ch in text if _allowed(ch))
+    text = text.strip()[:MAX_TITLE_CHARS].rstrip()
+    return text or UNTITLED
+
+
+def _allowed(ch: str) -> bool:
+    category = unicodedata.category(ch)
+    # Cc: control characters. Cs: lone surrogates (cannot be encoded in a URL).
+    # Cn: unassigned code points and non-characters such as U+FFFF.
+    return category not in ("Cc", "Cs", "Cn")
+
+
+def name_for(prompt: str, ts: int, content_type: str = "image/png") -> BlobName:
+    if not 0 <= ts <= MAX_TS:
+        raise ValueError(f"timestamp out of range: {ts}")
+    return BlobName(title_from_prompt(prompt), ts, EXTENSIONS[content_type])
+
+
+def parse_gallery_name(blob: str) -> BlobName | None:
+    """Read a scheme name back; None for anything that is not one."""
+    match = _GALLERY_NAME.fullmatch(blob)
+    if not match:
+        return None
+    inv, title, ts, ext = match.groups()
+    if int(inv) != MAX_TS - int(ts):
+        return None
+    return BlobName(title, int(ts), ext)
+
+
+@dataclass(frozen=True)
+class NodeName:
+    """A blob of the Node version: `{prompt}_{ts}.png` at the container root."""
+
+    prompt: str
+    ts: int
+    ext: str
+
+    def to_gallery_name(self) -> BlobName:
+        ext = "jpg" if self.ext.lower() == "jpeg" else self.ext.lower()
+        return BlobName(title_from_prompt(self.prompt), self.ts, ext)
+
+
+def parse_node_name(blob: str) -> NodeName | None:
+    match = _NODE_NAME.fullmatch(blob)
+    if not match:
+        return None
+    prompt, ts, ext = match.groups()
+    return NodeName(prompt, int(ts), ext)

@@ -1,0 +1,160 @@
+"""Settings, read from the environment.
+
+Reading never fails: a missing or malformed setting becomes a `not_configured`
+error (naming the setting) only when something needs it, so importing
+`function_app.py` always succeeds and the host always lists its functions.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from visionary.errors import ApiError
+
+DEFAULT_CONTAINER = "images"
+DEFAULT_SYSTEM_CONTAINER = "visionary-system"
+DEFAULT_SAS_TTL_MINUTES = 30
+MAX_SAS_TTL_MINUTES = 24 * 60
+DEFAULT_MAX_PROMPT_CHARS = 4000
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+DEFAULT_IMAGE_MODEL = "gpt-image-2"
+DEFAULT_SUGGESTION_MODEL = "gpt-5.4-mini"
+DEFAULT_IMAGE_SIZES = ("1024x1024", "1024x1536", "1536x1024")
+DEFAULT_STORAGE_TIMEOUT_SECONDS = 10.0
+DEFAULT_MODEL_TIMEOUT_SECONDS = 180.0
+
+STORAGE_SETTINGS = (
+    "VISIONARY_STORAGE_CONNECTION_STRING",
+    "accountName + accountKey",
+    "VISIONARY_STORAGE_ACCOUNT_URL",
+    "AzureWebJobsStorage",
+)
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """Where the gallery lives. Exactly one way of reaching the account is set."""
+
+    connection_string: str | None = None
+    account_name: str | None = None
+    account_key: str | None = None
+    account_url: str | None = None  # signs in with DefaultAzureCredential
+    container: str = DEFAULT_CONTAINER
+    system_container: str = DEFAULT_SYSTEM_CONTAINER
+    public_base_url: str | None = None
+    sas_ttl_minutes: int = DEFAULT_SAS_TTL_MINUTES
+    timeout_seconds: float = DEFAULT_STORAGE_TIMEOUT_SECONDS
+
+    def __repr__(self) -> str:  # keys and connection strings stay out of logs
+        source = (
+            "connection string" if self.connection_string
+            else "account key" if self.account_key
+            else "managed identity" if self.account_url
+            else "none"
+        )
+        return f"StorageSettings(source={source!r}, container={self.container!r})"
+
+
+@dataclass(frozen=True)
+class Settings:
+    storage: StorageSettings | None
+    page_size: int = DEFAULT_PAGE_SIZE
+    max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS
+    problems: tuple[str, ...] = ()  # malformed settings, reported at first use
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = _Reader(os.environ if environ is None else environ)
+        settings = cls(
+            storage=_storage(env),
+            page_size=env.integer("VISIONARY_PAGE_SIZE", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE),
+            max_prompt_chars=env.integer("VISIONARY_MAX_PROMPT_CHARS", DEFAULT_MAX_PROMPT_CHARS, 1, 32_000),
+        )
+        return _with_problems(settings, env.problems)
+
+    def require_storage(self) -> StorageSettings:
+        self.raise_problems()
+        if self.storage is None:
+            raise ApiError.not_configured(
+                "Storage is not configured: set " + ", or ".join(STORAGE_SETTINGS) + "."
+            )
+        return self.storage
+
+    def raise_problems(self) -> None:
+        if self.problems:
+            raise ApiError.not_configured(" ".join(self.problems))
+
+
+def _storage(env: _Reader) -> StorageSettings | None:
+    common = dict(
+        container=env.text("VISIONARY_CONTAINER") or DEFAULT_CONTAINER,
+        system_container=env.text("VISIONARY_SYSTEM_CONTAINER") or DEFAULT_SYSTEM_CONTAINER,
+        public_base_url=(env.text("VISIONARY_PUBLIC_BASE_URL") or "").rstrip("/") or None,
+        sas_ttl_minutes=min(
+            env.integer("VISIONARY_SAS_TTL_MINUTES", DEFAULT_SAS_TTL_MINUTES, 1, 10**6),
+            MAX_SAS_TTL_MINUTES,
+        ),
+        timeout_seconds=env.number(
+            "VISIONARY_STORAGE_TIMEOUT_SECONDS", DEFAULT_STORAGE_TIMEOUT_SECONDS, 0.1, 600
+        ),
+    )
+    if connection_string := env.text("VISIONARY_STORAGE_CONNECTION_STRING"):
+        return StorageSettings(connection_string=connection_string, **common)
+    name, key = env.text("accountName"), env.text("accountKey")
+    if name and key:
+        return StorageSettings(account_name=name, account_key=key, **common)
+    if account_url := env.text("VISIONARY_STORAGE_ACCOUNT_URL"):
+        return StorageSettings(account_url=account_url.rstrip("/"), **common)
+    if connection_string := env.text("AzureWebJobsStorage"):
+        return StorageSettings(connection_string=connection_string, **common)
+    return None
+
+
+def _with_problems(settings: Settings, problems: list[str]) -> Settings:
+    if not problems:
+        return settings
+    return Settings(**{**settings.__dict__, "problems": tuple(problems)})
+
+
+class _Reader:
+    """Typed reads of an environment that note what is malformed instead of raising."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        self.problems: list[str] = []
+
+    def text(self, name: str) -> str | None:
+        value = self.environ.get(name, "").strip()
+        return value or None
+
+    def integer(self, name: str, default: int, low: int, high: int) -> int:
+        return int(self.number(name, default, low, high, whole=True))
+
+    def number(self, name: str, default: float, low: float, high: float, whole: bool = False) -> float:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            value = int(raw) if whole else float(raw)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            kind = "a whole number" if whole else "a number"
+            self.problems.append(f"{name} must be {kind} from {low} to {high}, not {raw!r}.")
+            return default
+        return value
+
+
+def auth_level(environ: Mapping[str, str] | None = None) -> str:
+    """`VISIONARY_AUTH_LEVEL`: `anonymous` (default) or `function`.
+
+    Read when `function_app.py` is imported, so it must never raise: a value it
+    does not know falls back to `function`, the safer of the two.
+    """
+    value = (os.environ if environ is None else environ).get("VISIONARY_AUTH_LEVEL", "").strip().lower()
+    if value in ("", "anonymous"):
+        return "ANONYMOUS"
+    return "FUNCTION"
