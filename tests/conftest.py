@@ -17,6 +17,8 @@ from PIL import Image
 import function_app
 from tests.azurite import Azurite, free_port
 from visionary import clients
+from visionary.settings import Settings
+from visionary.storage import Gallery
 
 # Settings the app reads; every test starts with none of them and sets its own.
 APP_SETTINGS = (
@@ -67,6 +69,14 @@ async def container(storage_env: Azurite, container_name: str) -> AsyncIterator[
     service = BlobServiceClient.from_connection_string(storage_env.connection_string)
     async with service:
         yield service.get_container_client(container_name)
+
+
+@pytest.fixture
+async def gallery(storage_env: Azurite) -> AsyncIterator[Gallery]:
+    """The app's own gallery client on the test's container, to fill it or read it."""
+    gallery = Gallery.from_settings(Settings.from_env().require_storage())
+    yield gallery
+    await gallery.close()
 
 
 def png_bytes(seed: int = 0, size: int = 8) -> bytes:

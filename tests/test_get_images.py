@@ -2,16 +2,7 @@ import httpx
 import pytest
 
 from tests.conftest import Api, png_bytes
-from visionary.settings import Settings
 from visionary.storage import Gallery
-
-
-@pytest.fixture
-async def gallery(storage_env) -> Gallery:
-    """The app's own gallery client, used here to fill the container."""
-    gallery = Gallery.from_settings(Settings.from_env().require_storage())
-    yield gallery
-    await gallery.close()
 
 
 async def add(gallery: Gallery, count: int, start_ms: int = 1_763_700_000_000, label: str = "img") -> list[str]:

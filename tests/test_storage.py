@@ -6,18 +6,10 @@ from azure.storage.blob.aio import ContainerClient
 
 from tests.conftest import png_bytes
 from visionary import naming
-from visionary.settings import Settings
 from visionary.storage import Gallery, decode_cursor, encode_cursor, encode_metadata
 from visionary.errors import ApiError
 
 NOW = 1_763_700_000_000
-
-
-@pytest.fixture
-async def gallery(storage_env) -> Gallery:
-    gallery = Gallery.from_settings(Settings.from_env().require_storage())
-    yield gallery
-    await gallery.close()
 
 
 async def test_the_container_is_created_private_on_first_upload(gallery: Gallery, container: ContainerClient):
