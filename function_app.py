@@ -7,8 +7,8 @@ Four HTTP triggers under /api. Each is a thin adapter: read the request, call
 import azure.functions as func
 
 from visionary import clients
-from visionary.endpoints import endpoint, json_response, page_params
-from visionary.errors import ApiError
+from visionary.endpoints import endpoint, json_body, json_response, page_params, text_response
+from visionary.generation import MAX_BODY_BYTES, ImageRequest, generate_image
 from visionary.settings import auth_level
 
 app = func.FunctionApp(http_auth_level=auth_level())
@@ -17,7 +17,12 @@ app = func.FunctionApp(http_auth_level=auth_level())
 @app.route(route="generateImage", methods=["POST"])
 @endpoint
 async def generateImage(req: func.HttpRequest) -> func.HttpResponse:
-    raise ApiError.not_configured("Image generation is not configured yet.")
+    current = clients.current()
+    request = ImageRequest.from_body(
+        json_body(req, MAX_BODY_BYTES), current.settings.max_prompt_chars, current.settings.require_models()
+    )
+    created = await generate_image(request, current.images, current.gallery)
+    return json_response(created.to_json(), status=201)
 
 
 @app.route(route="getImages", methods=["GET"])
@@ -32,7 +37,8 @@ async def getImages(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="getChatGPTSuggestion", methods=["GET"])
 @endpoint
 async def getChatGPTSuggestion(req: func.HttpRequest) -> func.HttpResponse:
-    raise ApiError.not_configured("Prompt suggestions are not configured yet.")
+    suggestion = await clients.current().suggestions.suggest()
+    return text_response(suggestion)
 
 
 @app.route(route="sasToken", methods=["GET"])

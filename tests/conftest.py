@@ -16,6 +16,7 @@ from PIL import Image
 
 import function_app
 from tests.azurite import Azurite, free_port
+from tests.openai_server import OpenAIServer
 from visionary import clients
 from visionary.settings import Settings
 from visionary.storage import Gallery
@@ -77,6 +78,47 @@ async def gallery(storage_env: Azurite) -> AsyncIterator[Gallery]:
     gallery = Gallery.from_settings(Settings.from_env().require_storage())
     yield gallery
     await gallery.close()
+
+
+@pytest.fixture(scope="session")
+async def _model_server() -> AsyncIterator[OpenAIServer]:
+    server = await OpenAIServer().start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+def model_server(_model_server: OpenAIServer) -> OpenAIServer:
+    """The loopback OpenAI-protocol server, with a fresh behaviour and call log for this test."""
+    _model_server.reset(image=png_bytes(42, size=32))
+    return _model_server
+
+
+OPENAI_KEY = "sk-test-0123456789abcdefSECRET"
+AZURE_KEY = "azure-test-key-0123456789SECRET"
+
+
+@pytest.fixture
+def openai_env(model_server: OpenAIServer, storage_env: Azurite, monkeypatch: pytest.MonkeyPatch) -> OpenAIServer:
+    """The app pointed at the loopback server as an OpenAI-compatible service, and at Azurite."""
+    monkeypatch.setenv("OPENAI_API_KEY", OPENAI_KEY)
+    monkeypatch.setenv("OPENAI_BASE_URL", f"{model_server.url}/v1")
+    monkeypatch.setenv("VISIONARY_MODEL_TIMEOUT_SECONDS", "2")
+    monkeypatch.setenv("VISIONARY_MODEL_MAX_RETRIES", "1")
+    return model_server
+
+
+@pytest.fixture
+def azure_env(model_server: OpenAIServer, storage_env: Azurite, monkeypatch: pytest.MonkeyPatch) -> OpenAIServer:
+    """The app pointed at the loopback server as Azure OpenAI (with a key), and at Azurite."""
+    monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", model_server.url)
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", AZURE_KEY)
+    monkeypatch.setenv("OPENAI_API_VERSION", "2025-04-01-preview")
+    monkeypatch.setenv("AZURE_OPENAI_IMAGE_DEPLOYMENT", "gallery-images")
+    monkeypatch.setenv("AZURE_OPENAI_CHAT_DEPLOYMENT", "gallery-chat")
+    monkeypatch.setenv("VISIONARY_MODEL_TIMEOUT_SECONDS", "2")
+    monkeypatch.setenv("VISIONARY_MODEL_MAX_RETRIES", "1")
+    return model_server
 
 
 def png_bytes(seed: int = 0, size: int = 8) -> bytes:
@@ -142,6 +184,12 @@ class Api:
 
     async def get_images(self, query: str = "") -> Response:
         return await self.call("getImages", query=query)
+
+    async def generate(self, body: object, headers: dict[str, str] | None = None) -> Response:
+        return await self.call("generateImage", "POST", body=body, headers=headers)
+
+    async def suggest(self) -> Response:
+        return await self.call("getChatGPTSuggestion")
 
 
 @pytest.fixture

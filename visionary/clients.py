@@ -3,22 +3,29 @@
 Storage and model clients hold connection pools: they are made once per worker
 process (per distinct configuration) and reused by every request, never made per
 request. Settings are read on each call, which costs microseconds and lets a
-changed environment take effect without a restart.
+changed environment take effect without a restart. Model code (openai, Pillow,
+httpx) is imported here on first use, so the app starts fast.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 from visionary.settings import Settings
 from visionary.storage import Gallery
+
+if TYPE_CHECKING:
+    from visionary.images import ImageProvider
+    from visionary.suggestions import SuggestionProvider
 
 
 @dataclass(eq=False)
 class Clients:
     settings: Settings
-    _closers: list = field(default_factory=list, repr=False)
+    _closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list, repr=False)
 
     @cached_property
     def gallery(self) -> Gallery:
@@ -26,6 +33,43 @@ class Clients:
         gallery = Gallery.from_settings(self.settings.require_storage())
         self._closers.append(gallery.close)
         return gallery
+
+    @cached_property
+    def images(self) -> ImageProvider:
+        models = self.settings.require_models()
+        if models.provider == "offline":
+            from visionary.offline import OfflineImages
+
+            return OfflineImages()
+        import httpx
+
+        from visionary.images import DOWNLOAD_TIMEOUT, ModelImages
+
+        downloads = httpx.AsyncClient(timeout=DOWNLOAD_TIMEOUT, follow_redirects=True)
+        self._closers.append(downloads.aclose)
+        model = models.image_deployment if models.provider == "azure" else models.image_model
+        return ModelImages(self._model_client, model, downloads)
+
+    @cached_property
+    def suggestions(self) -> SuggestionProvider:
+        models = self.settings.require_models()
+        if models.provider == "offline":
+            from visionary.offline import OfflineSuggestions
+
+            return OfflineSuggestions()
+        from visionary.suggestions import ChatSuggestions
+
+        model = models.chat_deployment if models.provider == "azure" else models.suggestion_model
+        return ChatSuggestions(self._model_client, model)
+
+    @cached_property
+    def _model_client(self):
+        """One SDK client (and connection pool) shared by images and suggestions."""
+        from visionary.models import open_service
+
+        service = open_service(self.settings.models)
+        self._closers.append(service.close)
+        return service.client
 
     async def close(self) -> None:
         for close in self._closers:

@@ -19,10 +19,18 @@ from dataclasses import dataclass, field
 import azure.functions as func
 from azure.core.exceptions import AzureError
 
+from visionary import naming
 from visionary.errors import ApiError
+from visionary.naming import BlobName
 from visionary.settings import MAX_PAGE_SIZE
 
 log = logging.getLogger("visionary")
+
+# These libraries log request URLs (blob names carry prompts; image links from a
+# model can carry a SAS) or request bodies at INFO and DEBUG. Only their warnings
+# reach the Functions host's logs.
+for _chatty in ("azure.core.pipeline.policies.http_logging_policy", "openai", "httpx", "httpx2", "httpcore"):
+    logging.getLogger(_chatty).setLevel(logging.WARNING)
 
 JSON = "application/json"
 Handler = Callable[[func.HttpRequest], Awaitable[func.HttpResponse]]
@@ -40,13 +48,22 @@ _outcome: ContextVar[Outcome] = ContextVar("visionary_outcome")
 
 
 def note(**fields: str | None) -> None:
-    """Add fields to this request's log line (a prompt is cut to 80 characters)."""
+    """Add fields to this request's log line. Prompt text is cut to 80 characters,
+    in a blob name too, so no long prompt is ever logged whole."""
     outcome = _outcome.get(None)
     if outcome is None:
         return
     for key, value in fields.items():
         if value is not None:
-            outcome.fields[key] = _for_log(value[:MAX_LOGGED_PROMPT] if key == "prompt" else value)
+            outcome.fields[key] = _for_log(_cut_prompt(key, value))
+
+
+def _cut_prompt(key: str, value: str) -> str:
+    if key == "prompt":
+        return value[:MAX_LOGGED_PROMPT]
+    if key == "blob" and (name := naming.parse_gallery_name(value)):
+        return BlobName(name.title[:MAX_LOGGED_PROMPT], name.ts, name.ext).blob
+    return value
 
 
 def endpoint(handler: Handler) -> Handler:
@@ -91,6 +108,17 @@ def text_response(text: str, status: int = 200) -> func.HttpResponse:
 
 def error_response(error: ApiError) -> func.HttpResponse:
     return json_response(error.to_json(), error.status, error.headers)
+
+
+def json_body(req: func.HttpRequest, max_bytes: int) -> object:
+    """The request body parsed as JSON, within a size cap."""
+    body = req.get_body() or b""
+    if len(body) > max_bytes:
+        raise ApiError.payload_too_large(max_bytes)
+    try:
+        return json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise ApiError.invalid_json("The request body is not valid JSON (UTF-8).") from None
 
 
 def page_params(params: Mapping[str, str], default_limit: int) -> tuple[int, str | None]:

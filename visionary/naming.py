@@ -54,9 +54,11 @@ class BlobName:
 
 def title_from_prompt(prompt: str) -> str:
     """The prompt made safe and short enough to be part of a blob name."""
-    text = unicodedata.normalize("NFC", prompt)
+    # Controls go first (whitespace ones become separators), so that what is left
+    # normalises and collapses once and for all: a title is its own title.
+    text = "".join(ch if _allowed(ch) else " " if ch.isspace() else "" for ch in prompt)
+    text = unicodedata.normalize("NFC", text)
     text = _SEPARATORS.sub(" ", text)
-    text = "".join(ch for ch in text if _allowed(ch))
     text = text.strip()[:MAX_TITLE_CHARS].rstrip()
     return text or UNTITLED
 

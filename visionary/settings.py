@@ -24,7 +24,8 @@ DEFAULT_IMAGE_MODEL = "gpt-image-2"
 DEFAULT_SUGGESTION_MODEL = "gpt-5.4-mini"
 DEFAULT_IMAGE_SIZES = ("1024x1024", "1024x1536", "1536x1024")
 DEFAULT_STORAGE_TIMEOUT_SECONDS = 10.0
-DEFAULT_MODEL_TIMEOUT_SECONDS = 180.0
+DEFAULT_MODEL_TIMEOUT_SECONDS = 180.0  # a real image model can take a minute or more
+DEFAULT_AZURE_API_VERSION = "2025-04-01-preview"
 
 STORAGE_SETTINGS = (
     "VISIONARY_STORAGE_CONNECTION_STRING",
@@ -58,9 +59,39 @@ class StorageSettings:
         return f"StorageSettings(source={source!r}, container={self.container!r})"
 
 
+PROVIDERS = ("openai", "azure", "offline")
+
+
+@dataclass(frozen=True)
+class ModelSettings:
+    """Which model service draws and suggests, and how to reach it."""
+
+    provider: str | None  # one of PROVIDERS; None: nothing configured
+    image_model: str = DEFAULT_IMAGE_MODEL
+    suggestion_model: str = DEFAULT_SUGGESTION_MODEL
+    image_sizes: tuple[str, ...] = DEFAULT_IMAGE_SIZES
+    openai_api_key: str | None = None
+    openai_base_url: str | None = None
+    azure_endpoint: str | None = None
+    azure_api_key: str | None = None  # None: Microsoft Entra ID via DefaultAzureCredential
+    api_version: str = DEFAULT_AZURE_API_VERSION
+    image_deployment: str | None = None
+    chat_deployment: str | None = None
+    timeout_seconds: float = DEFAULT_MODEL_TIMEOUT_SECONDS
+    max_retries: int = 2
+
+    def __repr__(self) -> str:  # keys stay out of logs
+        return f"ModelSettings(provider={self.provider!r}, image_model={self.image_model!r})"
+
+    @property
+    def default_size(self) -> str:
+        return self.image_sizes[0]
+
+
 @dataclass(frozen=True)
 class Settings:
     storage: StorageSettings | None
+    models: ModelSettings = ModelSettings(provider=None)
     page_size: int = DEFAULT_PAGE_SIZE
     max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS
     problems: tuple[str, ...] = ()  # malformed settings, reported at first use
@@ -70,10 +101,25 @@ class Settings:
         env = _Reader(os.environ if environ is None else environ)
         settings = cls(
             storage=_storage(env),
+            models=_models(env),
             page_size=env.integer("VISIONARY_PAGE_SIZE", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE),
             max_prompt_chars=env.integer("VISIONARY_MAX_PROMPT_CHARS", DEFAULT_MAX_PROMPT_CHARS, 1, 32_000),
         )
         return _with_problems(settings, env.problems)
+
+    def require_models(self) -> ModelSettings:
+        self.raise_problems()
+        models = self.models
+        if models.provider is None:
+            raise ApiError.not_configured(
+                "No model service is configured: set OPENAI_API_KEY (OpenAI, or OPENAI_BASE_URL for a "
+                "compatible server), or AZURE_OPENAI_ENDPOINT (Azure OpenAI), or VISIONARY_PROVIDER=offline."
+            )
+        if models.provider == "openai" and not (models.openai_api_key or models.openai_base_url):
+            raise ApiError.not_configured("VISIONARY_PROVIDER is openai: set OPENAI_API_KEY.")
+        if models.provider == "azure" and not models.azure_endpoint:
+            raise ApiError.not_configured("VISIONARY_PROVIDER is azure: set AZURE_OPENAI_ENDPOINT.")
+        return models
 
     def require_storage(self) -> StorageSettings:
         self.raise_problems()
@@ -111,6 +157,36 @@ def _storage(env: _Reader) -> StorageSettings | None:
     if connection_string := env.text("AzureWebJobsStorage"):
         return StorageSettings(connection_string=connection_string, **common)
     return None
+
+
+def _models(env: _Reader) -> ModelSettings:
+    provider = (env.text("VISIONARY_PROVIDER") or "").lower() or None
+    if provider is None:
+        if env.text("AZURE_OPENAI_ENDPOINT"):
+            provider = "azure"
+        elif env.text("OPENAI_API_KEY") or env.text("OPENAI_BASE_URL"):
+            provider = "openai"
+    elif provider not in PROVIDERS:
+        env.problems.append(f"VISIONARY_PROVIDER must be one of {', '.join(PROVIDERS)}, not {provider!r}.")
+        provider = None
+    image_model = env.text("VISIONARY_IMAGE_MODEL") or DEFAULT_IMAGE_MODEL
+    suggestion_model = env.text("VISIONARY_SUGGESTION_MODEL") or DEFAULT_SUGGESTION_MODEL
+    sizes = tuple(s.strip() for s in (env.text("VISIONARY_IMAGE_SIZES") or "").split(",") if s.strip())
+    return ModelSettings(
+        provider=provider,
+        image_model=image_model,
+        suggestion_model=suggestion_model,
+        image_sizes=sizes or DEFAULT_IMAGE_SIZES,
+        openai_api_key=env.text("OPENAI_API_KEY"),
+        openai_base_url=env.text("OPENAI_BASE_URL"),
+        azure_endpoint=env.text("AZURE_OPENAI_ENDPOINT"),
+        azure_api_key=env.text("AZURE_OPENAI_API_KEY"),
+        api_version=env.text("OPENAI_API_VERSION") or DEFAULT_AZURE_API_VERSION,
+        image_deployment=env.text("AZURE_OPENAI_IMAGE_DEPLOYMENT") or image_model,
+        chat_deployment=env.text("AZURE_OPENAI_CHAT_DEPLOYMENT") or suggestion_model,
+        timeout_seconds=env.number("VISIONARY_MODEL_TIMEOUT_SECONDS", DEFAULT_MODEL_TIMEOUT_SECONDS, 0.1, 900),
+        max_retries=env.integer("VISIONARY_MODEL_MAX_RETRIES", 2, 0, 10),
+    )
 
 
 def _with_problems(settings: Settings, problems: list[str]) -> Settings:

@@ -1,0 +1,214 @@
+"""A loopback server that speaks the OpenAI wire protocol, for tests and benchmarks.
+
+It answers what the openai SDK sends to OpenAI (`/v1/images/generations`,
+`/v1/chat/completions`) and to Azure OpenAI
+(`/openai/deployments/{deployment}/...?api-version=...`), with answers and error
+bodies shaped as those services send them. It also serves image files (for the
+`url` answer shape) and an App Service managed-identity token endpoint. Each
+request is recorded; `behaviour` says how to answer the next ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+IMAGE_ERRORS = {
+    "content_policy": (
+        400,
+        {
+            "message": "Your request was rejected as a result of our safety system.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "content_policy_violation",
+        },
+    ),
+    "rate_limit": (
+        429,
+        {
+            "message": "Rate limit reached for images per minute. Please try again in 7s.",
+            "type": "requests",
+            "param": None,
+            "code": "rate_limit_exceeded",
+        },
+    ),
+    "server_error": (
+        500,
+        {
+            "message": "The server had an error while processing your request. Sorry about that!",
+            "type": "server_error",
+            "param": None,
+            "code": None,
+        },
+    ),
+    "bad_key": (
+        401,
+        {
+            "message": "Incorrect API key provided: sk-test-*****. You can find your API key at "
+            "https://platform.openai.com/account/api-keys.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_api_key",
+        },
+    ),
+}
+
+
+@dataclass
+class Behaviour:
+    """How the server answers; tests change it before making requests."""
+
+    shape: str = "b64_json"  # or "url"
+    image: bytes = b""
+    revised_prompt: str | None = None
+    error: str | None = None  # a key of IMAGE_ERRORS, or: slow, malformed_json, truncated_b64, html_url
+    delay: float = 0.0  # seconds before every model answer
+    retry_after: str = "7"
+    suggestion: str = '"A lighthouse on a cliff at dusk, impressionism, oil painting"'
+
+
+@dataclass
+class Call:
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: dict | None
+
+
+@dataclass
+class OpenAIServer:
+    behaviour: Behaviour = field(default_factory=Behaviour)
+    calls: list[Call] = field(default_factory=list)
+    token: str = "loopback-entra-token"
+    identity_header: str = "loopback-identity-header"
+    port: int = 0
+    _runner: web.AppRunner | None = None
+    _ids: itertools.count = field(default_factory=itertools.count)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def model_calls(self) -> list[Call]:
+        return [c for c in self.calls if c.path.endswith(("/images/generations", "/chat/completions"))]
+
+    def reset(self, image: bytes) -> None:
+        self.behaviour = Behaviour(image=image)
+        self.calls.clear()
+
+    async def start(self) -> OpenAIServer:
+        app = web.Application(client_max_size=1024**2)
+        app.router.add_post("/v1/images/generations", self._images)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/openai/deployments/{deployment}/images/generations", self._azure(self._images))
+        app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._azure(self._chat))
+        app.router.add_get("/files/{name}", self._file)
+        app.router.add_get("/msi/token", self._identity_token)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+
+    async def _record(self, request: web.Request) -> Call:
+        body = await request.json() if request.can_read_body else None
+        call = Call(request.path, dict(request.query), dict(request.headers), body)
+        self.calls.append(call)
+        return call
+
+    def _azure(self, handler):
+        async def azure(request: web.Request) -> web.StreamResponse:
+            if "api-version" not in request.query:
+                return _error(404, {"code": "404", "message": "Resource not found"})
+            return await handler(request)
+
+        return azure
+
+    async def _images(self, request: web.Request) -> web.StreamResponse:
+        await self._record(request)
+        b = self.behaviour
+        if b.error == "slow" or b.delay:
+            await asyncio.sleep(b.delay or 10)  # longer than any test's timeout
+        if b.error in IMAGE_ERRORS:
+            status, error = IMAGE_ERRORS[b.error]
+            headers = {"retry-after": b.retry_after} if status == 429 else {}
+            return _error(status, error, headers)
+        if b.error == "malformed_json":
+            return web.Response(text='{"created": 1, "data": [{"b64_json": "iVBOR', content_type="application/json")
+        item: dict[str, str] = {}
+        if b.shape == "url" or b.error == "html_url":
+            name = "page.html" if b.error == "html_url" else f"{next(self._ids)}.png"
+            item["url"] = f"{self.url}/files/{name}"
+        else:
+            encoded = base64.b64encode(b.image).decode()
+            item["b64_json"] = encoded[: len(encoded) // 2] if b.error == "truncated_b64" else encoded
+        if b.revised_prompt:
+            item["revised_prompt"] = b.revised_prompt
+        return web.json_response(
+            {
+                "created": int(time.time()),
+                "data": [item],
+                "usage": {"input_tokens": 12, "output_tokens": 4160, "total_tokens": 4172},
+            }
+        )
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        call = await self._record(request)
+        b = self.behaviour
+        if b.delay:
+            await asyncio.sleep(b.delay)
+        if b.error in IMAGE_ERRORS:
+            status, error = IMAGE_ERRORS[b.error]
+            return _error(status, error, {"retry-after": b.retry_after} if status == 429 else {})
+        return web.json_response(
+            {
+                "id": f"chatcmpl-{next(self._ids)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": (call.body or {}).get("model", "unknown"),
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": b.suggestion, "refusal": None},
+                        "logprobs": None,
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {"prompt_tokens": 60, "completion_tokens": 20, "total_tokens": 80},
+            }
+        )
+
+    async def _file(self, request: web.Request) -> web.StreamResponse:
+        await self._record(request)
+        if request.match_info["name"].endswith(".html"):
+            return web.Response(text="<!doctype html><title>Sign in</title>", content_type="text/html")
+        return web.Response(body=self.behaviour.image, content_type="image/png")
+
+    async def _identity_token(self, request: web.Request) -> web.StreamResponse:
+        """App Service's managed identity endpoint (IDENTITY_ENDPOINT, api-version 2019-08-01)."""
+        await self._record(request)
+        if request.headers.get("X-IDENTITY-HEADER") != self.identity_header:
+            return web.json_response({"error": "invalid identity header"}, status=401)
+        return web.json_response(
+            {
+                "access_token": self.token,
+                "expires_on": str(int(time.time()) + 3600),
+                "resource": request.query.get("resource", ""),
+                "token_type": "Bearer",
+                "client_id": "00000000-0000-0000-0000-000000000000",
+            }
+        )
+
+
+def _error(status: int, error: dict, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": error}, status=status, headers=headers or {})

@@ -1,0 +1,203 @@
+import logging
+
+import httpx
+import pytest
+from azure.storage.blob.aio import ContainerClient
+
+from tests.azurite import KEY as ACCOUNT_KEY
+from tests.conftest import AZURE_KEY, OPENAI_KEY, Api, png_bytes
+from tests.openai_server import OpenAIServer
+from visionary.offline import draw
+
+PROMPT = "A lighthouse at dusk, oil painting"
+
+
+async def blobs_in(container: ContainerClient) -> list[str]:
+    if not await container.exists():
+        return []
+    return [blob.name async for blob in container.list_blobs()]
+
+
+async def fetch(url: str) -> httpx.Response:
+    async with httpx.AsyncClient() as http:
+        return await http.get(url)
+
+
+async def test_openai_base64_is_generated_stored_and_listed(api: Api, openai_env: OpenAIServer):
+    openai_env.behaviour.revised_prompt = "A tall lighthouse on a cliff at dusk, thick oil paint"
+    answer = await api.generate({"prompt": PROMPT})
+    assert answer.status == 201
+    created = answer.json()
+    assert created["message"] == "Image uploaded successfully"
+    assert created["prompt"] == PROMPT
+    assert created["revisedPrompt"] == "A tall lighthouse on a cliff at dusk, thick oil paint"
+    assert created["model"] == "gpt-image-2"
+    assert created["name"].startswith(PROMPT + "_") and created["blob"].startswith("gallery/")
+    [call] = openai_env.model_calls()
+    assert call.path == "/v1/images/generations"
+    assert call.headers["Authorization"] == f"Bearer {OPENAI_KEY}"
+    assert call.body == {"model": "gpt-image-2", "prompt": PROMPT, "size": "1024x1024", "n": 1}
+    [listed] = (await api.get_images()).json()["imageUrls"]
+    assert listed["blob"] == created["blob"] and listed["prompt"] == PROMPT
+    served = await fetch(listed["url"])
+    assert served.headers["content-type"] == "image/png"
+    assert served.content == openai_env.behaviour.image == (await fetch(created["url"])).content
+
+
+async def test_an_image_url_answer_is_downloaded(api: Api, openai_env: OpenAIServer, monkeypatch):
+    monkeypatch.setenv("VISIONARY_IMAGE_MODEL", "compatible-diffusion")
+    openai_env.behaviour.shape = "url"
+    answer = await api.generate({"prompt": PROMPT, "size": "1536x1024"})
+    assert answer.status == 201, answer.body
+    assert answer.json()["model"] == "compatible-diffusion" and answer.json()["revisedPrompt"] is None
+    assert [c.path for c in openai_env.calls][-1].startswith("/files/")
+    assert openai_env.model_calls()[0].body["size"] == "1536x1024"
+    assert (await fetch(answer.json()["url"])).content == openai_env.behaviour.image
+
+
+async def test_azure_openai_with_a_key(api: Api, azure_env: OpenAIServer):
+    answer = await api.generate({"prompt": PROMPT})
+    assert answer.status == 201, answer.body
+    [call] = azure_env.model_calls()
+    assert call.path == "/openai/deployments/gallery-images/images/generations"
+    assert call.query["api-version"] == "2025-04-01-preview"
+    assert call.headers["api-key"] == AZURE_KEY
+    assert answer.json()["model"] == "gallery-images"
+
+
+async def test_azure_openai_with_managed_identity(api: Api, azure_env: OpenAIServer, monkeypatch):
+    monkeypatch.delenv("AZURE_OPENAI_API_KEY")
+    monkeypatch.setenv("IDENTITY_ENDPOINT", f"{azure_env.url}/msi/token")
+    monkeypatch.setenv("IDENTITY_HEADER", azure_env.identity_header)
+    answer = await api.generate({"prompt": PROMPT})
+    assert answer.status == 201, answer.body
+    [call] = azure_env.model_calls()
+    assert call.headers["Authorization"] == f"Bearer {azure_env.token}"
+    assert "api-key" not in call.headers
+    [token_request] = [c for c in azure_env.calls if c.path == "/msi/token"]
+    assert token_request.query["resource"] == "https://cognitiveservices.azure.com"
+
+
+async def test_offline_draws_the_same_picture_for_the_same_prompt(api: Api, storage_env, monkeypatch):
+    monkeypatch.setenv("VISIONARY_PROVIDER", "offline")
+    first = (await api.generate({"prompt": PROMPT})).json()
+    second = (await api.generate({"prompt": PROMPT})).json()
+    assert first["model"] == "offline" and first["blob"] != second["blob"]
+    first_bytes, second_bytes = (await fetch(first["url"])).content, (await fetch(second["url"])).content
+    assert first_bytes == second_bytes == draw(PROMPT)
+    assert draw("a fox in the snow, watercolor") != first_bytes
+    assert [i["blob"] for i in (await api.get_images()).json()["imageUrls"]] == [second["blob"], first["blob"]]
+
+
+async def test_no_model_service_is_a_503_naming_the_settings(api: Api, storage_env, container):
+    answer = await api.generate({"prompt": PROMPT})
+    assert answer.status == 503
+    body = answer.json()
+    assert body["code"] == "not_configured"
+    assert all(name in body["error"] for name in ("OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT", "VISIONARY_PROVIDER"))
+    assert await blobs_in(container) == []
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code", "model_calls"),
+    [
+        ("content_policy", 400, "content_policy_violation", 1),
+        ("server_error", 502, "upstream_error", 2),  # one try and the SDK's one retry
+        ("bad_key", 502, "upstream_error", 1),
+        ("slow", 504, "upstream_timeout", 2),
+        ("malformed_json", 502, "upstream_error", 1),
+        ("truncated_b64", 502, "upstream_error", 1),
+        ("html_url", 502, "upstream_error", 1),
+    ],
+)
+async def test_model_failures_map_to_errors_and_store_nothing(
+    api: Api, openai_env: OpenAIServer, container: ContainerClient, monkeypatch, error, status, code, model_calls
+):
+    if error == "slow":
+        monkeypatch.setenv("VISIONARY_MODEL_TIMEOUT_SECONDS", "0.5")
+    openai_env.behaviour.error = error
+    answer = await api.generate({"prompt": PROMPT})
+    assert answer.status == status, answer.body
+    assert answer.json()["code"] == code
+    assert len(openai_env.model_calls()) == model_calls
+    assert await blobs_in(container) == []
+
+
+async def test_a_model_429_passes_its_retry_after_on(api: Api, openai_env: OpenAIServer, container, monkeypatch):
+    monkeypatch.setenv("VISIONARY_MODEL_MAX_RETRIES", "0")
+    openai_env.behaviour.error = "rate_limit"
+    answer = await api.generate({"prompt": PROMPT})
+    assert answer.status == 429
+    assert answer.headers["Retry-After"] == "7"
+    assert answer.json()["code"] == "rate_limited"
+    assert await blobs_in(container) == []
+
+
+async def test_storage_failure_after_drawing_is_a_503(api: Api, openai_env: OpenAIServer, monkeypatch):
+    monkeypatch.setenv(
+        "VISIONARY_STORAGE_CONNECTION_STRING",
+        f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={ACCOUNT_KEY};"
+        "BlobEndpoint=http://127.0.0.1:9/devstoreaccount1;",
+    )
+    answer = await api.generate({"prompt": PROMPT})
+    assert answer.status == 503
+    assert answer.json()["code"] == "storage_unavailable"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "code"),
+    [
+        (b"not json", 400, "invalid_json"),
+        (b"\xff\xfe{}", 400, "invalid_json"),
+        ([{"prompt": PROMPT}], 400, "invalid_json"),
+        ({}, 400, "invalid_prompt"),
+        ({"prompt": 42}, 400, "invalid_prompt"),
+        ({"prompt": None}, 400, "invalid_prompt"),
+        ({"prompt": ["a"]}, 400, "invalid_prompt"),
+        ({"prompt": "   \n\t "}, 400, "invalid_prompt"),
+        ({"prompt": "a\x00b"}, 400, "invalid_prompt"),
+        (b'{"prompt": "a \\ud800 b"}', 400, "invalid_prompt"),
+        ({"prompt": "x" * 4001}, 400, "prompt_too_long"),
+        ({"prompt": PROMPT, "size": "999x999"}, 400, "invalid_parameter"),
+        ({"prompt": PROMPT, "size": 1024}, 400, "invalid_parameter"),
+        ({"prompt": "x" * 70_000}, 413, "payload_too_large"),
+    ],
+)
+async def test_bad_requests_are_rejected_before_any_model_call(
+    api: Api, openai_env: OpenAIServer, container, body, status, code
+):
+    answer = await api.generate(body)
+    assert answer.status == status
+    assert answer.json()["code"] == code
+    assert openai_env.model_calls() == []
+    assert await blobs_in(container) == []
+
+
+async def test_the_prompt_limit_is_a_setting(api: Api, openai_env: OpenAIServer, monkeypatch):
+    monkeypatch.setenv("VISIONARY_MAX_PROMPT_CHARS", "10")
+    answer = await api.generate({"prompt": "eleven char"})
+    assert answer.json() == {"error": "The prompt is longer than 10 characters; shorten it.", "code": "prompt_too_long"}
+
+
+async def test_the_node_frontend_call_still_works(api: Api, openai_env: OpenAIServer):
+    # The Node version's frontends send only {"prompt"} and read the gallery right after.
+    answer = await api.generate({"prompt": "Cat in space, watercolor"})
+    assert answer.status == 201
+    first = (await api.get_images()).json()["imageUrls"][0]
+    assert first["name"].split("_")[0] == "Cat in space, watercolor"
+
+
+async def test_logs_never_carry_keys_or_signatures(api: Api, openai_env: OpenAIServer, caplog):
+    caplog.set_level(logging.DEBUG)
+    long_prompt = "An extremely detailed panorama of a harbour " * 5
+    created = (await api.generate({"prompt": long_prompt})).json()
+    await api.get_images()
+    await api.call("sasToken")
+    openai_env.behaviour.error = "bad_key"
+    await api.generate({"prompt": PROMPT})
+    signature = created["url"].split("sig=")[1].split("&")[0]
+    text = "\n".join(record.getMessage() for record in caplog.records)
+    for secret in (OPENAI_KEY, ACCOUNT_KEY, signature, long_prompt[:81]):
+        assert secret not in text
+    outcome = [r.getMessage() for r in caplog.records if r.getMessage().startswith("generateImage status=201")]
+    assert outcome and "model=gpt-image-2" in outcome[0] and "blob=" in outcome[0]

@@ -1,0 +1,35 @@
+import io
+
+from PIL import Image
+
+from visionary.images import image_type
+from visionary.offline import draw
+
+
+def encoded(fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def test_stored_types_are_recognised_by_their_bytes():
+    assert image_type(encoded("PNG")) == "image/png"
+    assert image_type(encoded("JPEG")) == "image/jpeg"
+    assert image_type(encoded("WEBP")) == "image/webp"
+
+
+def test_anything_else_or_a_cut_image_is_refused():
+    png = encoded("PNG")
+    for data in (b"", b"<!doctype html><p>Sign in</p>", png[: len(png) // 2], encoded("WEBP")[:20], encoded("GIF")):
+        assert image_type(data) is None
+
+
+def test_the_offline_picture_is_a_deterministic_abstract_artwork():
+    picture = draw("A lighthouse at dusk, oil painting")
+    assert picture == draw("A lighthouse at dusk, oil painting")
+    image = Image.open(io.BytesIO(picture))
+    assert (image.format, image.size) == ("PNG", (1024, 1024))
+    colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
+    assert len(colours) > 1000  # shapes and gradients, not a flat fill
+    other = Image.open(io.BytesIO(draw("a fox in fresh snow, watercolor"))).convert("RGB")
+    assert image.convert("RGB").resize((8, 8)).tobytes() != other.resize((8, 8)).tobytes()

@@ -1,0 +1,75 @@
+import random
+
+import pytest
+
+from tests.conftest import Api
+from tests.openai_server import OpenAIServer
+from visionary.offline import GENRES, MEDIUMS, OfflineSuggestions
+from visionary.suggestions import clean
+
+
+async def test_a_chat_suggestion_is_plain_trimmed_text(api: Api, openai_env: OpenAIServer):
+    openai_env.behaviour.suggestion = '  \u201cA koi pond in autumn, ukiyo-e, linocut print\u201d \n'
+    answer = await api.suggest()
+    assert answer.status == 200
+    assert answer.headers["Content-Type"] == "text/plain; charset=utf-8"
+    assert answer.text == "A koi pond in autumn, ukiyo-e, linocut print"
+    [call] = openai_env.model_calls()
+    assert call.path == "/v1/chat/completions"
+    assert call.body["model"] == "gpt-5.4-mini"
+    assert 0 < call.body["max_completion_tokens"] <= 2000
+    request = call.body["messages"][-1]["content"]
+    assert "genre" in request and "oil painting" in request
+
+
+async def test_azure_uses_the_chat_deployment(api: Api, azure_env: OpenAIServer):
+    answer = await api.suggest()
+    assert answer.status == 200
+    assert answer.text == "A lighthouse on a cliff at dusk, impressionism, oil painting"
+    [call] = azure_env.model_calls()
+    assert call.path == "/openai/deployments/gallery-chat/chat/completions"
+
+
+async def test_the_suggestion_model_is_a_setting(api: Api, openai_env: OpenAIServer, monkeypatch):
+    monkeypatch.setenv("VISIONARY_SUGGESTION_MODEL", "my-local-llm")
+    await api.suggest()
+    assert openai_env.model_calls()[0].body["model"] == "my-local-llm"
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [("server_error", 502, "upstream_error"), ("bad_key", 502, "upstream_error")],
+)
+async def test_chat_failures_are_json_errors(api: Api, openai_env: OpenAIServer, error, status, code):
+    openai_env.behaviour.error = error
+    answer = await api.suggest()
+    assert answer.status == status
+    assert answer.json()["code"] == code
+
+
+async def test_an_empty_answer_is_an_upstream_error(api: Api, openai_env: OpenAIServer):
+    openai_env.behaviour.suggestion = '  ""  '
+    answer = await api.suggest()
+    assert answer.status == 502 and answer.json()["code"] == "upstream_error"
+
+
+async def test_offline_suggestions_vary_and_name_genre_and_medium(api: Api, monkeypatch):
+    monkeypatch.setenv("VISIONARY_PROVIDER", "offline")
+    answers = [(await api.suggest()).text for _ in range(12)]
+    assert len(set(answers)) > 1
+    for text in answers:
+        _, genre, medium = text.split(", ", 2)
+        assert genre in GENRES and medium in MEDIUMS
+
+
+async def test_offline_suggestions_come_from_their_random_source():
+    first = [await OfflineSuggestions(random.Random(7)).suggest() for _ in range(3)]
+    again = [await OfflineSuggestions(random.Random(7)).suggest() for _ in range(3)]
+    assert first == again
+
+
+def test_clean_strips_wrapping_quotes_only():
+    assert clean(' "A \'quoted\' word" ') == "A 'quoted' word"
+    assert clean("\u00abBonjour\u00bb") == "Bonjour"
+    assert clean('He said "hi"') == 'He said "hi"'
+    assert clean('"') == '"'

@@ -1,0 +1,112 @@
+"""Image providers: one small interface, three implementations.
+
+`ModelImages` asks an OpenAI-protocol image model (OpenAI, Azure OpenAI or a
+compatible server) and accepts both answer shapes, base64 (`b64_json`, what
+gpt-image models return) and a URL (older or compatible servers), which it
+downloads with a timeout and a size cap. `visionary.offline.OfflineImages`
+draws without any network. Whatever the source, the bytes must really be an
+image of a type we store before anyone stores them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Protocol
+
+import httpx
+
+from visionary.errors import ApiError
+from visionary.models import call_model
+
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+DOWNLOAD_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    data: bytes
+    content_type: str
+    model: str
+    revised_prompt: str | None = None
+
+
+class ImageProvider(Protocol):
+    async def generate(self, prompt: str, size: str) -> GeneratedImage: ...
+
+
+def image_type(data: bytes) -> str | None:
+    """The stored content type these bytes really are, by magic bytes and a whole ending."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and data.endswith(b"IEND\xaeB`\x82"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff") and data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+        return "image/jpeg"
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        if int.from_bytes(data[4:8], "little") + 8 <= len(data):
+            return "image/webp"
+    return None
+
+
+def checked(data: bytes, model: str, revised_prompt: str | None) -> GeneratedImage:
+    content_type = image_type(data)
+    if content_type is None:
+        raise ApiError.upstream_error("The model service answered with something that is not a whole image.")
+    return GeneratedImage(data, content_type, model, revised_prompt)
+
+
+class ModelImages:
+    """Images from an OpenAI-protocol model. `model` is a model name, or on Azure a deployment."""
+
+    def __init__(self, client, model: str, downloads: httpx.AsyncClient) -> None:
+        self._client = client
+        self._model = model
+        self._downloads = downloads
+
+    async def generate(self, prompt: str, size: str) -> GeneratedImage:
+        response = await call_model(
+            lambda: self._client.images.generate(model=self._model, prompt=prompt, size=size, n=1)
+        )
+        if not response.data:
+            raise ApiError.upstream_error("The model service answered with no image.")
+        image = response.data[0]
+        if image.b64_json:
+            data = _decode_base64(image.b64_json)
+        elif image.url:
+            data = await download(self._downloads, image.url)
+        else:
+            raise ApiError.upstream_error("The model service answered with no image.")
+        return checked(data, self._model, image.revised_prompt or None)
+
+
+def _decode_base64(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError.upstream_error("The model service sent an image that is not valid base64.") from None
+
+
+async def download(client: httpx.AsyncClient, url: str) -> bytes:
+    """Fetch an image the model links to: bounded in time and size."""
+    try:
+        async with client.stream("GET", url) as response:
+            if response.status_code != 200:
+                raise ApiError.upstream_error("The image link from the model service did not work.")
+            declared = response.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > MAX_IMAGE_BYTES:
+                raise _too_large()
+            chunks, size = [], 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > MAX_IMAGE_BYTES:
+                    raise _too_large()
+                chunks.append(chunk)
+            return b"".join(chunks)
+    except httpx.TimeoutException:
+        raise ApiError.upstream_timeout() from None
+    except httpx.HTTPError:
+        raise ApiError.upstream_error("The image link from the model service did not work.") from None
+
+
+def _too_large() -> ApiError:
+    return ApiError.upstream_error(f"The model's image is larger than {MAX_IMAGE_BYTES // (1024 * 1024)} MB.")

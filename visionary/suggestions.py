@@ -1,0 +1,60 @@
+"""Prompt suggestions: a chat model asked for one random image prompt.
+
+`ChatSuggestions` uses the Chat Completions API (OpenAI, Azure OpenAI or a
+compatible server); `visionary.offline.OfflineSuggestions` composes prompts from
+word lists.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from visionary.errors import ApiError
+from visionary.models import call_model
+
+# Reasoning models spend part of this budget thinking; the prompt itself is short.
+MAX_COMPLETION_TOKENS = 1000
+INSTRUCTIONS = (
+    "You write prompts for an AI image generator. Answer with exactly one prompt of at most "
+    "40 words and nothing else: no quotes, no preamble."
+)
+REQUEST = (
+    "Write a random, imaginative prompt for an image generator. Name the genre and the kind of "
+    "picture, for example oil painting, watercolor, photo-realistic, 4K, abstract, modern, "
+    "black and white."
+)
+_QUOTES = {'"': '"', "'": "'", "\u201c": "\u201d", "\u2018": "\u2019", "\u00ab": "\u00bb", "`": "`"}
+
+
+class SuggestionProvider(Protocol):
+    async def suggest(self) -> str: ...
+
+
+def clean(text: str) -> str:
+    """Trimmed, without the quotes models like to wrap a prompt in."""
+    text = text.strip()
+    while len(text) >= 2 and _QUOTES.get(text[0]) == text[-1]:
+        text = text[1:-1].strip()
+    return text
+
+
+class ChatSuggestions:
+    def __init__(self, client, model: str) -> None:
+        self._client = client
+        self._model = model
+
+    async def suggest(self) -> str:
+        completion = await call_model(
+            lambda: self._client.chat.completions.create(
+                model=self._model,
+                messages=[
+                    {"role": "system", "content": INSTRUCTIONS},
+                    {"role": "user", "content": REQUEST},
+                ],
+                max_completion_tokens=MAX_COMPLETION_TOKENS,
+            )
+        )
+        text = clean(completion.choices[0].message.content or "") if completion.choices else ""
+        if not text:
+            raise ApiError.upstream_error("The chat model gave no suggestion; try again.")
+        return text
