@@ -18,8 +18,20 @@ node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-test: install
+# The browser test drives Debian's Chromium (never a downloaded browser).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
+
+test: install $(CHROMIUM)
 	$(PY) -m pytest
 
 clean:
 	rm -rf $(VENV) node_modules .azurite
+
+run: install
+	test -f local.settings.json || cp local.settings.example.json local.settings.json
+	$(PY) -m visionary run

@@ -21,6 +21,21 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_until_listening(process: subprocess.Popen, port: int, timeout: float = 30.0) -> None:
+    """Wait for a server process to accept connections on a loopback port."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            output = process.stderr or process.stdout
+            raise RuntimeError(f"{process.args[0]} exited: {output.read() if output else ''}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{process.args[0]} did not listen on port {port} within {timeout} s")
+
+
 @dataclass
 class Azurite:
     port: int
@@ -50,20 +65,8 @@ class Azurite:
             stderr=subprocess.PIPE,
             env={**os.environ, "NODE_NO_WARNINGS": "1"},
         )
-        self._wait_until_listening()
+        wait_until_listening(self.process, self.port)
         return self
-
-    def _wait_until_listening(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"Azurite exited: {self.process.stderr.read().decode(errors='replace')}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"Azurite did not listen on port {self.port} within {timeout} s")
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

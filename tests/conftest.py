@@ -11,12 +11,15 @@ from urllib.parse import urlsplit, parse_qsl
 
 import azure.functions as func
 import pytest
+from aiohttp import web
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 from PIL import Image
 
 import function_app
 from tests.azurite import Azurite, free_port
 from tests.openai_server import OpenAIServer
+from tests.served import ServedApp
+from visionary.localhost import HostConfig, LocalHost
 from visionary import clients
 from visionary.settings import Settings
 from visionary.storage import Gallery
@@ -195,3 +198,40 @@ class Api:
 @pytest.fixture
 def api() -> Api:
     return Api()
+
+
+@pytest.fixture(scope="module")
+def served_app(azurite: Azurite) -> Iterator[ServedApp]:
+    """`python -m visionary serve` in its own process: offline provider, a container of its own."""
+    env = {
+        **ROOT_ENV,
+        "VISIONARY_STORAGE_CONNECTION_STRING": azurite.connection_string,
+        "VISIONARY_CONTAINER": f"served-{uuid.uuid4().hex[:16]}",
+        "VISIONARY_PROVIDER": "offline",
+    }
+    app = ServedApp.start(free_port(), env)
+    yield app
+    app.stop()
+
+
+@dataclass
+class RunningHost:
+    url: str
+    runner: web.AppRunner
+
+
+async def start_local_host(config: HostConfig) -> RunningHost:
+    """The local host, serving the registered functions on a free loopback port."""
+    runner = web.AppRunner(LocalHost(registered_functions().values(), config).application(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return RunningHost(f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}", runner)
+
+
+@pytest.fixture
+async def local_host() -> AsyncIterator[str]:
+    """The base URL of a local host with the default configuration (prefix api, CORS *)."""
+    host = await start_local_host(HostConfig())
+    yield host.url
+    await host.runner.cleanup()

@@ -1,0 +1,91 @@
+"""The gallery page in a real browser: Debian's Chromium driven by Playwright."""
+
+import asyncio
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.async_api import Page, Route, async_playwright, expect
+
+from tests.azurite import ROOT
+from tests.served import ServedApp
+
+CHROMIUM = "/usr/bin/chromium"
+# Flags for a closed network and a root user (see the environment notes in README.md).
+CHROMIUM_FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+    "--disable-background-networking", "--disable-component-update",
+]
+SCREENSHOT = ROOT / "docs" / "gallery.png"
+
+
+@pytest.fixture
+async def page() -> Page:
+    assert Path(CHROMIUM).exists(), "Debian's chromium is missing: .ci/run installs it (apt-get install chromium)"
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = await browser.new_page(viewport={"width": 1280, "height": 900})
+        yield page
+        await browser.close()
+
+
+async def seed(app: ServedApp, prompts: list[str]) -> None:
+    async with httpx.AsyncClient(base_url=app.url, timeout=30) as http:
+        for prompt in prompts:
+            assert (await http.post("/api/generateImage", json={"prompt": prompt})).status_code == 201
+
+
+async def test_generate_page_and_see_errors_in_the_gallery(page: Page, served_app: ServedApp, tmp_path: Path):
+    subjects = ["lighthouse", "fox", "koi pond", "castle", "robot", "whale", "train", "greenhouse",
+                "hummingbird", "desert", "library", "jazz trio", "village", "city"]
+    await seed(served_app, [f"A {subject}, oil painting" for subject in subjects])
+    await page.goto(served_app.url + "/")
+
+    gallery = page.locator("#gallery li.tile")
+    await expect(gallery).to_have_count(12)
+    await expect(page.locator("#suggestion")).not_to_have_text("")
+    await expect(gallery.first.locator("img")).to_have_attribute("alt", "A city, oil painting")
+
+    # Load more walks on through nextCursor, then disappears on the last page.
+    await page.click("#load-more")
+    await expect(gallery).to_have_count(14)
+    await expect(gallery.last.locator("img")).to_have_attribute("alt", "A lighthouse, oil painting")
+    await expect(page.locator("#load-more")).to_be_hidden()
+
+    # Generating shows a working state (held open a moment, as a real model would), then the
+    # new picture first in the grid.
+    async def slow_model(route: Route) -> None:
+        await asyncio.sleep(1.0)
+        await route.continue_()
+
+    await page.route("**/api/generateImage", slow_model)
+    await page.fill("#prompt", "A red fox in fresh snow, watercolor")
+    await page.click("#generate")
+    await expect(page.locator("#status")).to_contain_text("Generating")
+    await expect(page.locator("#generate")).to_be_disabled()
+    await expect(gallery.first.locator("img")).to_have_attribute("alt", "A red fox in fresh snow, watercolor")
+    await expect(page.locator("#status")).to_be_hidden()
+    await expect(gallery).to_have_count(15)
+    loaded = await gallery.first.locator("img").evaluate("img => img.complete && img.naturalWidth")
+    assert loaded == 1024  # the image really came from storage through its SAS link
+    await page.unroute("**/api/generateImage")
+
+    # A larger view on click.
+    await gallery.first.click()
+    await expect(page.locator("#viewer")).to_be_visible()
+    await expect(page.locator("#viewer-prompt")).to_have_text("A red fox in fresh snow, watercolor")
+    await page.click("#close-viewer")
+    await expect(page.locator("#viewer")).to_be_hidden()
+
+    shot = await page.screenshot(path=tmp_path / "gallery.png")
+    assert shot.startswith(b"\x89PNG")
+    if os.environ.get("UPDATE_SCREENSHOT"):  # README's picture: UPDATE_SCREENSHOT=1 make test
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        SCREENSHOT.write_bytes(shot)
+
+    # An API error is shown from its `error` field.
+    await page.fill("#prompt", "x" * 4001)
+    await page.click("#generate")
+    await expect(page.locator("#error")).to_have_text("The prompt is longer than 4000 characters; shorten it.")
+    await expect(gallery).to_have_count(15)

@@ -1,0 +1,116 @@
+import json
+
+import azure.functions as func
+import httpx
+import pytest
+
+from tests.conftest import start_local_host
+from visionary.localhost import HostConfig, LocalHost, routes_of
+
+
+@pytest.fixture
+async def http(local_host: str):
+    async with httpx.AsyncClient(base_url=local_host, timeout=30) as client:
+        yield client
+
+
+async def test_the_node_frontends_calls_work_in_lower_case(http: httpx.AsyncClient, storage_env, monkeypatch):
+    monkeypatch.setenv("VISIONARY_PROVIDER", "offline")
+    created = await http.post("/api/generateimage", json={"prompt": "Cat in space, watercolor"})
+    assert created.status_code == 201
+    first = (await http.get("/api/getimages")).json()["imageUrls"][0]
+    assert first["blob"] == created.json()["blob"]
+    suggestion = await http.get("/api/getchatgptsuggestion")
+    assert suggestion.status_code == 200
+    assert suggestion.headers["content-type"] == "text/plain; charset=utf-8"
+    assert suggestion.text.strip() and not suggestion.text.startswith("{")
+
+
+async def test_sas_token_and_mixed_case_routes(http: httpx.AsyncClient, storage_env):
+    for path in ("/api/sasToken", "/API/SASTOKEN", "/Api/sastoken"):
+        answer = await http.get(path)
+        assert answer.status_code == 200 and answer.json()["permissions"] == "r"
+
+
+async def test_a_wrong_method_is_405_with_allow(http: httpx.AsyncClient):
+    answer = await http.delete("/api/getImages")
+    assert answer.status_code == 405
+    assert answer.headers["allow"] == "GET"
+    assert answer.json()["code"] == "method_not_allowed"
+    assert (await http.get("/api/generateImage")).headers["allow"] == "POST"
+
+
+async def test_an_unknown_route_is_404_json(http: httpx.AsyncClient):
+    for path in ("/api/nothing", "/api/getImages/extra", "/nothing.html", "/../function_app.py"):
+        answer = await http.get(path)
+        assert answer.status_code == 404, path
+        assert answer.json() == {"error": "No such endpoint.", "code": "not_found"}
+
+
+async def test_the_body_cap_is_a_413_json(http: httpx.AsyncClient):
+    answer = await http.post("/api/generateImage", content=b"x" * (5 * 1024 * 1024))
+    assert answer.status_code == 413
+    assert answer.json()["code"] == "payload_too_large"
+
+
+async def test_cors_star_answers_preflight_and_requests(http: httpx.AsyncClient, storage_env):
+    preflight = await http.options(
+        "/api/generateImage",
+        headers={"Origin": "https://gallery.example", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "content-type"},
+    )
+    assert preflight.status_code == 204
+    assert preflight.headers["access-control-allow-origin"] == "*"
+    assert "POST" in preflight.headers["access-control-allow-methods"]
+    assert preflight.headers["access-control-allow-headers"] == "content-type"
+    answer = await http.get("/api/getImages", headers={"Origin": "https://gallery.example"})
+    assert answer.headers["access-control-allow-origin"] == "*"
+
+
+async def test_cors_from_local_settings_allows_only_listed_origins(storage_env):
+    host = await start_local_host(HostConfig(cors=("https://allowed.example",)))
+    try:
+        async with httpx.AsyncClient(base_url=host.url) as http:
+            allowed = await http.get("/api/getImages", headers={"Origin": "https://allowed.example"})
+            other = await http.get("/api/getImages", headers={"Origin": "https://other.example"})
+    finally:
+        await host.runner.cleanup()
+    assert allowed.headers["access-control-allow-origin"] == "https://allowed.example"
+    assert "access-control-allow-origin" not in other.headers
+
+
+async def test_the_page_and_the_api_description_are_served(http: httpx.AsyncClient):
+    page = await http.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "VisionaryAI" in page.text
+    assert (await http.get("/app.js")).headers["content-type"].startswith("text/javascript")
+    spec = await http.get("/openapi.yaml")
+    assert spec.status_code == 200 and "openapi: 3.1" in spec.text
+
+
+def test_host_json_and_local_settings_are_read(tmp_path, monkeypatch):
+    (tmp_path / "host.json").write_text(json.dumps({"version": "2.0", "extensions": {"http": {"routePrefix": "v2"}}}))
+    (tmp_path / "local.settings.json").write_text(json.dumps({
+        "IsEncrypted": False,
+        "Values": {"VISIONARY_CONTAINER": "from-file", "VISIONARY_PAGE_SIZE": "7", "OPENAI_API_KEY": ""},
+        "Host": {"CORS": "https://a.example, https://b.example"},
+    }))
+    config = HostConfig.load(tmp_path)
+    assert config.route_prefix == "v2"
+    assert config.cors == ("https://a.example", "https://b.example")
+    environ = {"VISIONARY_PAGE_SIZE": "9"}
+    config.apply_values(environ)
+    assert environ == {"VISIONARY_PAGE_SIZE": "9", "VISIONARY_CONTAINER": "from-file"}  # the environment wins
+
+
+def test_a_fifth_trigger_appears_by_itself():
+    app = func.FunctionApp(http_auth_level=func.AuthLevel.ANONYMOUS)
+
+    @app.route(route="images/{id}", methods=["DELETE"])
+    async def deleteImage(req: func.HttpRequest) -> func.HttpResponse:
+        return func.HttpResponse(req.route_params["id"])
+
+    [route] = routes_of(app.get_functions(), "api")
+    assert route.methods == ("DELETE",)
+    assert route.match("/API/Images/abc") == {"id": "abc"}
+    assert route.match("/api/images") is None

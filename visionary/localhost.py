@@ -1,0 +1,198 @@
+"""The local host: the Functions app on aiohttp.web, for machines without Core Tools.
+
+It does what `func start` does for an HTTP app: reads `host.json` (route prefix)
+and `local.settings.json` (`Values` under the environment, `Host.CORS`), takes
+its route table from `function_app.app.get_functions()` (a new trigger appears
+by itself), matches routes case-insensitively, builds a `func.HttpRequest`, and
+sends the handler's `func.HttpResponse` back as it is. It also serves the
+gallery page (`web/`) at `/` and the API description at `/openapi.yaml`.
+Function keys are not checked, as with `func start`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import azure.functions as func
+from aiohttp import web
+
+from visionary.endpoints import error_response
+from visionary.errors import ApiError
+
+log = logging.getLogger("visionary.localhost")
+
+ROOT = Path(__file__).resolve().parent.parent
+MAX_BODY_BYTES = 4 * 1024 * 1024
+STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".png": "image/png",
+                ".svg": "image/svg+xml", ".yaml": "application/yaml", ".ico": "image/x-icon"}
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    route_prefix: str = "api"
+    cors: tuple[str, ...] = ("*",)
+    values: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, root: Path = ROOT) -> HostConfig:
+        host = _read_json(root / "host.json")
+        local = _read_json(root / "local.settings.json")
+        prefix = host.get("extensions", {}).get("http", {}).get("routePrefix", "api")
+        cors = local.get("Host", {}).get("CORS", "*")
+        values = {k: str(v) for k, v in local.get("Values", {}).items() if v not in (None, "")}
+        return cls(prefix.strip("/"), tuple(o.strip() for o in cors.split(",") if o.strip()), values)
+
+    def apply_values(self, environ: dict[str, str] = os.environ) -> None:
+        """local.settings.json `Values` become settings; the environment wins."""
+        for name, value in self.values.items():
+            environ.setdefault(name, value)
+
+
+def _read_json(path: Path) -> dict:
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text(encoding="utf-8-sig"))
+
+
+@dataclass(frozen=True)
+class Route:
+    pattern: re.Pattern[str]
+    methods: tuple[str, ...]
+    function: object  # azure.functions Function
+
+    def match(self, path: str) -> dict[str, str] | None:
+        found = self.pattern.fullmatch(path)
+        return found.groupdict() if found else None
+
+
+def routes_of(functions: Iterable, prefix: str) -> list[Route]:
+    """The route table of the HTTP triggers, as the Functions host builds it.
+
+    `functions` is what `FunctionApp.get_functions()` returns (it may be called
+    once per process: it indexes the app, as the worker does at start-up).
+    """
+    table = []
+    for function in functions:
+        trigger = function.get_trigger()
+        if trigger is None or trigger.type != "httpTrigger":
+            continue
+        template = "/".join(p for p in (prefix, trigger.route or function.get_function_name()) if p)
+        methods = tuple(str(getattr(m, "value", m)).upper() for m in (trigger.methods or ["GET", "POST"]))
+        table.append(Route(_compile(template), methods, function))
+    return table
+
+
+def _compile(template: str) -> re.Pattern[str]:
+    # `{name}` and `{name:constraint}` segments become named groups; the rest is literal.
+    parts = re.split(r"(\{[^}]+\})", template)
+    regex = "".join(
+        f"(?P<{p[1:-1].split(':')[0].rstrip('?')}>[^/]+)" if p.startswith("{") else re.escape(p) for p in parts
+    )
+    return re.compile("/" + regex, re.IGNORECASE)
+
+
+class LocalHost:
+    def __init__(self, functions: Iterable, config: HostConfig, root: Path = ROOT) -> None:
+        self.config = config
+        self.routes = routes_of(functions, config.route_prefix)
+        self.web_root = root / "web"
+        self.openapi = root / "openapi.yaml"
+
+    def application(self) -> web.Application:
+        application = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._cors])
+        application.router.add_route("*", "/{path:.*}", self._dispatch)
+        return application
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        path = request.path
+        prefix = f"/{self.config.route_prefix}" if self.config.route_prefix else ""
+        if prefix and not path.lower().startswith(prefix.lower() + "/"):
+            return self._static(request)
+        allowed: list[str] = []
+        for route in self.routes:
+            params = route.match(path)
+            if params is None:
+                continue
+            if request.method not in route.methods:
+                allowed += route.methods
+                continue
+            return await self._call(route, params, request)
+        if allowed:
+            return _json_error(ApiError.method_not_allowed(sorted(set(allowed))))
+        return self._static(request) if not prefix else _json_error(ApiError.not_found())
+
+    async def _call(self, route: Route, params: dict[str, str], request: web.Request) -> web.StreamResponse:
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _json_error(ApiError.payload_too_large(MAX_BODY_BYTES))
+        http_request = func.HttpRequest(
+            method=request.method,
+            url=str(request.url),
+            headers=dict(request.headers),
+            params={key: request.query.getone(key) for key in request.query.keys()},
+            route_params=params,
+            body=body,
+        )
+        handler = route.function.get_user_function()
+        if inspect.iscoroutinefunction(handler):
+            response = await handler(http_request)
+        else:
+            response = await asyncio.to_thread(handler, http_request)
+        return _send(response)
+
+    def _static(self, request: web.Request) -> web.StreamResponse:
+        if request.method not in ("GET", "HEAD"):
+            return _json_error(ApiError.not_found())
+        name = request.path.lstrip("/") or "index.html"
+        if name == "openapi.yaml":
+            file = self.openapi
+        else:
+            file = (self.web_root / name).resolve()
+            if self.web_root.resolve() not in file.parents:
+                return _json_error(ApiError.not_found())
+        if not file.is_file():
+            return _json_error(ApiError.not_found())
+        content_type = STATIC_TYPES.get(file.suffix, "application/octet-stream")
+        return web.Response(body=file.read_bytes(), content_type=content_type,
+                            charset="utf-8" if content_type.startswith("text/") else None,
+                            headers={"Cache-Control": "no-cache"})
+
+    @web.middleware
+    async def _cors(self, request: web.Request, handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        allowed = origin and ("*" in self.config.cors or origin in self.config.cors)
+        if request.method == "OPTIONS" and allowed and "Access-Control-Request-Method" in request.headers:
+            response: web.StreamResponse = web.Response(status=204)
+            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+            requested = request.headers.get("Access-Control-Request-Headers")
+            if requested:
+                response.headers["Access-Control-Allow-Headers"] = requested
+            response.headers["Access-Control-Max-Age"] = "600"
+        else:
+            response = await handler(request)
+        if allowed:
+            response.headers["Access-Control-Allow-Origin"] = "*" if "*" in self.config.cors else origin
+            if "*" not in self.config.cors:
+                response.headers["Vary"] = "Origin"
+        return response
+
+
+def _send(response: func.HttpResponse) -> web.Response:
+    headers = dict(response.headers)
+    if not any(name.lower() == "content-type" for name in headers) and response.mimetype:
+        charset = f"; charset={response.charset}" if response.charset else ""
+        headers["Content-Type"] = response.mimetype + charset
+    return web.Response(status=response.status_code, body=response.get_body(), headers=headers)
+
+
+def _json_error(error: ApiError) -> web.Response:
+    return _send(error_response(error))

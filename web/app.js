@@ -1,0 +1,444 @@
+// VisionaryAI gallery page: one ES module, no framework, no build step.
+//
+// Layout of this file:
+//   1. settings (API base URL)     4. render functions (DOM only via createElement/textContent)
+//   2. state + element lookups     5. actions (suggestion, gallery pages, generation, viewer)
+//   3. api (fetch + JSON errors)   6. wiring and start-up
+
+const PAGE_SIZE = 12;
+const TIMEOUT_MS = { default: 30_000, generate: 300_000 }; // a real image model can take a minute
+
+// ---------------------------------------------------------------------------
+// 1. Settings
+// ---------------------------------------------------------------------------
+
+/**
+ * The Function App's base URL, without a trailing slash ("" = same origin).
+ * Order: ?api= query parameter, then <meta name="visionary-api-base">, then same origin.
+ */
+function resolveApiBase() {
+  const candidates = [
+    new URLSearchParams(window.location.search).get('api'),
+    document.querySelector('meta[name="visionary-api-base"]')?.getAttribute('content'),
+  ];
+  for (const candidate of candidates) {
+    if (!candidate || !candidate.trim()) continue;
+    const base = normalizeBase(candidate);
+    if (base !== null) return base;
+    console.warn(`VisionaryAI: ignoring API base ${JSON.stringify(candidate)} (not an http(s) URL).`);
+  }
+  return '';
+}
+
+/** An absolute http(s) URL without query, hash or trailing slash; null if unusable. */
+function normalizeBase(value) {
+  try {
+    const url = new URL(value.trim(), window.location.href);
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') return null;
+    const base = (url.origin + url.pathname).replace(/\/+$/, '');
+    return base === window.location.origin ? '' : base;
+  } catch {
+    return null;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// 2. State and elements
+// ---------------------------------------------------------------------------
+
+const state = {
+  apiBase: '',
+  suggestion: '',
+  suggestionStatus: 'idle', // 'idle' | 'loading' | 'ready' | 'failed'
+  nextCursor: null,
+  shownBlobs: new Set(),
+  galleryLoaded: false,
+  loadingPage: false,
+  generating: false,
+  viewerReturnFocus: null,
+  viewerPressOnBackdrop: false,
+};
+
+const byId = (id) => document.getElementById(id);
+
+const els = Object.freeze({
+  form: byId('prompt-form'),
+  prompt: byId('prompt'),
+  generate: byId('generate'),
+  useSuggestion: byId('use-suggestion'),
+  newSuggestion: byId('new-suggestion'),
+  suggestion: byId('suggestion'),
+  status: byId('status'),
+  statusText: byId('status-text'),
+  error: byId('error'),
+  gallery: byId('gallery'),
+  empty: byId('empty'),
+  loadMore: byId('load-more'),
+  viewer: byId('viewer'),
+  viewerImage: byId('viewer-image'),
+  viewerPrompt: byId('viewer-prompt'),
+  viewerRevised: byId('viewer-revised'),
+  viewerDate: byId('viewer-date'),
+  closeViewer: byId('close-viewer'),
+});
+
+const DEFAULT_PLACEHOLDER = els.prompt.getAttribute('placeholder') || '';
+
+// ---------------------------------------------------------------------------
+// 3. API
+// ---------------------------------------------------------------------------
+
+/** An error whose message is a sentence meant for the user. */
+class ApiError extends Error {
+  constructor(message, { status = 0, code = 'network_error' } = {}) {
+    super(message);
+    this.name = 'ApiError';
+    this.status = status;
+    this.code = code;
+  }
+}
+
+/**
+ * fetch `${base}/api/${path}` and return its JSON (or trimmed text with as: 'text').
+ * Every failure becomes an ApiError with a sentence to show.
+ */
+async function request(path, { method = 'GET', json, as = 'json', timeoutMs = TIMEOUT_MS.default } = {}) {
+  const init = { method, headers: { Accept: as === 'json' ? 'application/json' : 'text/plain' } };
+  if (json !== undefined) {
+    init.headers['Content-Type'] = 'application/json';
+    init.body = JSON.stringify(json);
+  }
+  if (typeof AbortSignal !== 'undefined' && typeof AbortSignal.timeout === 'function') {
+    init.signal = AbortSignal.timeout(timeoutMs);
+  }
+
+  let response;
+  try {
+    response = await fetch(`${state.apiBase}/api/${path}`, init);
+  } catch (error) {
+    throw networkError(error);
+  }
+  if (!response.ok) throw await errorFromResponse(response);
+
+  try {
+    return as === 'text' ? (await response.text()).trim() : await response.json();
+  } catch (error) {
+    if (error?.name === 'SyntaxError') {
+      throw new ApiError(`The server sent an answer that could not be read (HTTP ${response.status}).`, {
+        status: response.status,
+        code: 'invalid_response',
+      });
+    }
+    throw networkError(error);
+  }
+}
+
+function networkError(error) {
+  if (error?.name === 'TimeoutError' || error?.name === 'AbortError') {
+    return new ApiError('The API did not answer in time. Please try again.', { code: 'timeout' });
+  }
+  const where = state.apiBase || window.location.origin;
+  return new ApiError(`The API could not be reached (${where}). Check your connection and try again.`);
+}
+
+async function errorFromResponse(response) {
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    // Not JSON (a proxy's HTML page, an empty body): fall back to a generic sentence.
+  }
+  const message =
+    typeof body?.error === 'string' && body.error.trim()
+      ? body.error.trim()
+      : `Something went wrong on the server (HTTP ${response.status}). Please try again.`;
+  const code = typeof body?.code === 'string' ? body.code : 'http_error';
+  return new ApiError(message, { status: response.status, code });
+}
+
+const api = {
+  /** One prompt suggestion (text/plain). */
+  suggestion: () => request('getChatGPTSuggestion', { as: 'text' }),
+
+  /** One gallery page, newest first: { imageUrls, nextCursor }. */
+  images: ({ limit, cursor }) => {
+    const query = new URLSearchParams({ limit: String(limit) });
+    if (cursor) query.set('cursor', cursor);
+    return request(`getImages?${query}`);
+  },
+
+  /** Draw and store one picture: the 201 answer. */
+  generate: (prompt) =>
+    request('generateImage', { method: 'POST', json: { prompt }, timeoutMs: TIMEOUT_MS.generate }),
+};
+
+// ---------------------------------------------------------------------------
+// 4. Rendering
+// ---------------------------------------------------------------------------
+
+function asText(value) {
+  return typeof value === 'string' ? value : '';
+}
+
+/** The fields the page uses, as strings; null if the item has no loadable url. */
+function toImage(raw) {
+  const url = asText(raw?.url);
+  if (!url) return null;
+  return {
+    url,
+    blob: asText(raw.blob) || url,
+    name: asText(raw.name),
+    prompt: asText(raw.prompt),
+    revisedPrompt: asText(raw.revisedPrompt),
+    createdAt: asText(raw.createdAt),
+  };
+}
+
+function altText(image) {
+  return image.prompt || image.name || 'Generated image';
+}
+
+function formatDate(iso) {
+  const date = new Date(iso);
+  if (!iso || Number.isNaN(date.getTime())) return iso || 'unknown date';
+  return date.toLocaleString(undefined, { dateStyle: 'medium', timeStyle: 'medium' });
+}
+
+function prefersReducedMotion() {
+  return window.matchMedia?.('(prefers-reduced-motion: reduce)').matches ?? false;
+}
+
+function showError(errorOrMessage) {
+  let message = errorOrMessage;
+  if (errorOrMessage instanceof ApiError) {
+    message = errorOrMessage.message;
+  } else if (typeof errorOrMessage !== 'string') {
+    console.error(errorOrMessage);
+    message = 'Something unexpected went wrong. Please reload the page.';
+  }
+  els.error.textContent = message;
+  els.error.hidden = false;
+  els.error.scrollIntoView({ block: 'nearest', behavior: prefersReducedMotion() ? 'auto' : 'smooth' });
+}
+
+function clearError() {
+  els.error.hidden = true;
+  els.error.textContent = '';
+}
+
+function renderStatus(text) {
+  els.statusText.textContent = text || '';
+  els.status.hidden = !text;
+}
+
+function renderGenerating() {
+  els.generate.disabled = state.generating;
+  els.form.setAttribute('aria-busy', String(state.generating));
+  renderStatus(state.generating ? 'Generating your image… this can take up to a minute.' : '');
+}
+
+function renderSuggestion() {
+  els.suggestion.textContent = state.suggestion;
+  els.suggestion.dataset.state = state.suggestionStatus;
+  els.prompt.placeholder = state.suggestion || DEFAULT_PLACEHOLDER;
+  els.useSuggestion.disabled = !state.suggestion;
+  const loading = state.suggestionStatus === 'loading';
+  els.newSuggestion.disabled = loading;
+  els.newSuggestion.setAttribute('aria-busy', String(loading));
+}
+
+function renderPager() {
+  els.loadMore.hidden = state.nextCursor === null;
+  els.loadMore.disabled = state.loadingPage;
+  els.loadMore.setAttribute('aria-busy', String(state.loadingPage));
+  els.gallery.setAttribute('aria-busy', String(state.loadingPage));
+}
+
+function renderEmpty() {
+  els.empty.hidden = !(state.galleryLoaded && els.gallery.children.length === 0);
+}
+
+function createTile(image) {
+  const tile = document.createElement('li');
+  tile.className = 'tile';
+  tile.tabIndex = 0;
+  tile.dataset.blob = image.blob;
+
+  const img = document.createElement('img');
+  img.loading = 'lazy'; // before src, so the browser never starts an eager load
+  img.decoding = 'async';
+  img.alt = altText(image);
+  img.src = image.url;
+  img.addEventListener('error', () => tile.classList.add('is-broken'), { once: true });
+
+  const caption = document.createElement('span');
+  caption.className = 'caption';
+  caption.textContent = image.prompt || image.name;
+  caption.setAttribute('aria-hidden', 'true'); // the img alt already says it
+
+  tile.append(img, caption);
+  tile.addEventListener('click', () => openViewer(image, tile));
+  tile.addEventListener('keydown', (event) => {
+    if (event.key === 'Enter' || event.key === ' ') {
+      event.preventDefault();
+      openViewer(image, tile);
+    }
+  });
+  return tile;
+}
+
+/** Add images not shown yet (by blob), at the end or at the start of the grid, in order. */
+function addImages(rawImages, { prepend = false } = {}) {
+  const fragment = document.createDocumentFragment();
+  for (const raw of rawImages) {
+    const image = toImage(raw);
+    if (!image || state.shownBlobs.has(image.blob)) continue;
+    state.shownBlobs.add(image.blob);
+    fragment.append(createTile(image));
+  }
+  if (prepend) els.gallery.prepend(fragment);
+  else els.gallery.append(fragment);
+  renderEmpty();
+}
+
+// ---------------------------------------------------------------------------
+// 5. Actions
+// ---------------------------------------------------------------------------
+
+async function refreshSuggestion() {
+  if (state.suggestionStatus === 'loading') return;
+  state.suggestionStatus = 'loading';
+  renderSuggestion();
+  try {
+    const text = await api.suggestion();
+    if (text) state.suggestion = text;
+    state.suggestionStatus = state.suggestion ? 'ready' : 'failed';
+  } catch (error) {
+    state.suggestionStatus = 'failed';
+    showError(error);
+  } finally {
+    renderSuggestion();
+  }
+}
+
+async function loadPage() {
+  if (state.loadingPage) return;
+  state.loadingPage = true;
+  renderPager();
+  try {
+    const page = await api.images({ limit: PAGE_SIZE, cursor: state.nextCursor });
+    addImages(Array.isArray(page?.imageUrls) ? page.imageUrls : []);
+    state.nextCursor = typeof page?.nextCursor === 'string' && page.nextCursor ? page.nextCursor : null;
+    state.galleryLoaded = true;
+  } catch (error) {
+    showError(error);
+  } finally {
+    state.loadingPage = false;
+    renderPager();
+    renderEmpty();
+  }
+}
+
+async function generate() {
+  if (state.generating) return;
+  const prompt = els.prompt.value.trim() || state.suggestion;
+  if (!prompt) {
+    showError('Write a prompt first, or ask for a suggestion.');
+    els.prompt.focus();
+    return;
+  }
+  clearError();
+  state.generating = true;
+  renderGenerating();
+  try {
+    const created = await api.generate(prompt);
+    addImages([{ prompt, ...created }], { prepend: true });
+    els.prompt.value = '';
+  } catch (error) {
+    showError(error);
+  } finally {
+    state.generating = false;
+    renderGenerating();
+  }
+}
+
+function useSuggestion() {
+  if (!state.suggestion) return;
+  els.prompt.value = state.suggestion;
+  els.prompt.focus();
+}
+
+function openViewer(image, tile) {
+  els.viewerImage.src = image.url;
+  els.viewerImage.alt = altText(image);
+  els.viewerPrompt.textContent = image.prompt || image.name;
+  const revised = image.revisedPrompt && image.revisedPrompt !== image.prompt;
+  els.viewerRevised.textContent = revised ? `Drawn as: ${image.revisedPrompt}` : '';
+  els.viewerRevised.hidden = !revised;
+  els.viewerDate.textContent = formatDate(image.createdAt);
+  els.viewerDate.dateTime = image.createdAt;
+  state.viewerReturnFocus = tile;
+  if (!els.viewer.open) els.viewer.showModal();
+}
+
+function closeViewer() {
+  if (els.viewer.open) els.viewer.close();
+}
+
+function onViewerClosed() {
+  els.viewerImage.removeAttribute('src');
+  state.viewerReturnFocus?.focus();
+  state.viewerReturnFocus = null;
+}
+
+// ---------------------------------------------------------------------------
+// 6. Wiring and start-up
+// ---------------------------------------------------------------------------
+
+function bindEvents() {
+  els.form.addEventListener('submit', (event) => {
+    event.preventDefault();
+    generate();
+  });
+  els.prompt.addEventListener('keydown', (event) => {
+    if (event.key === 'Enter' && (event.ctrlKey || event.metaKey)) {
+      event.preventDefault();
+      els.form.requestSubmit();
+    }
+  });
+  els.useSuggestion.addEventListener('click', useSuggestion);
+  els.newSuggestion.addEventListener('click', () => {
+    clearError();
+    refreshSuggestion();
+  });
+  els.loadMore.addEventListener('click', () => {
+    clearError();
+    loadPage();
+  });
+  els.closeViewer.addEventListener('click', closeViewer);
+  // Escape closes a modal <dialog> natively. The content fills the dialog box, so a press
+  // whose target is the dialog itself is on the backdrop; both the press and the release must
+  // be there (a text selection dragged out of the prompt must not close the viewer).
+  els.viewer.addEventListener('pointerdown', (event) => {
+    state.viewerPressOnBackdrop = event.target === els.viewer;
+  });
+  els.viewer.addEventListener('click', (event) => {
+    const onBackdrop = event.target === els.viewer && state.viewerPressOnBackdrop;
+    state.viewerPressOnBackdrop = false;
+    if (onBackdrop) closeViewer();
+  });
+  els.viewer.addEventListener('close', onViewerClosed);
+}
+
+function init() {
+  state.apiBase = resolveApiBase();
+  bindEvents();
+  renderSuggestion();
+  renderGenerating();
+  renderPager();
+  renderEmpty();
+  refreshSuggestion();
+  loadPage();
+}
+
+init();
