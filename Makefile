@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test run install clean
+.PHONY: test run bench install clean
 
 install: $(VENV)/.installed node_modules/.installed
 
@@ -35,3 +35,6 @@ clean:
 run: install
 	test -f local.settings.json || cp local.settings.example.json local.settings.json
 	$(PY) -m visionary run
+
+bench: install
+	$(PY) bench/run.py

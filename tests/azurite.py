@@ -26,8 +26,7 @@ def wait_until_listening(process: subprocess.Popen, port: int, timeout: float = 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            output = process.stderr or process.stdout
-            raise RuntimeError(f"{process.args[0]} exited: {output.read() if output else ''}")
+            raise RuntimeError(f"{' '.join(map(str, process.args[:3]))} exited with {process.returncode}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
             return
@@ -62,7 +61,7 @@ class Azurite:
                 "--blobHost", "127.0.0.1", "--blobPort", str(self.port), *extra,
             ],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
             env={**os.environ, "NODE_NO_WARNINGS": "1"},
         )
         wait_until_listening(self.process, self.port)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
+from typing import IO
 
 from tests.azurite import ROOT, wait_until_listening
 
@@ -13,22 +16,25 @@ from tests.azurite import ROOT, wait_until_listening
 class ServedApp:
     url: str
     process: subprocess.Popen
+    output: IO[str]  # a file, not a pipe: a pipe nobody reads fills up and stalls the app's logging
 
     @classmethod
     def start(cls, port: int, env: dict[str, str]) -> ServedApp:
+        output = tempfile.TemporaryFile("w+")
         process = subprocess.Popen(
             [sys.executable, "-m", "visionary", "serve", "--port", str(port)],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, text=True,
         )
         wait_until_listening(process, port)
-        return cls(f"http://127.0.0.1:{port}", process)
+        return cls(f"http://127.0.0.1:{port}", process, output)
 
     def stop(self) -> str:
         """Stop as Ctrl-C does; return what it printed."""
-        self.process.send_signal(2)
+        self.process.send_signal(signal.SIGINT)
         try:
-            output, _ = self.process.communicate(timeout=10)
+            self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            output, _ = self.process.communicate()
-        return output
+            self.process.wait()
+        self.output.seek(0)
+        return self.output.read()

@@ -8,13 +8,16 @@ failed generation writes no blob.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from visionary.endpoints import note
 from visionary.errors import ApiError
-from visionary.images import ImageProvider
 from visionary.sas import ReadSas
 from visionary.settings import ModelSettings
 from visionary.storage import Gallery, StoredImage
+
+if TYPE_CHECKING:  # the providers pull in openai and httpx: loaded on first use, not at start-up
+    from visionary.images import ImageProvider
 
 MAX_BODY_BYTES = 64 * 1024
 

@@ -10,7 +10,6 @@ image of a type we store before anyone stores them.
 
 from __future__ import annotations
 
-import base64
 import binascii
 from dataclasses import dataclass
 from typing import Protocol
@@ -80,8 +79,10 @@ class ModelImages:
 
 
 def _decode_base64(text: str) -> bytes:
+    # binascii's strict mode checks the alphabet and padding in C; base64.b64decode's
+    # validate=True runs a regular expression over the megabytes first, several times slower.
     try:
-        return base64.b64decode(text, validate=True)
+        return binascii.a2b_base64(text, strict_mode=True)
     except (binascii.Error, ValueError):
         raise ApiError.upstream_error("The model service sent an image that is not valid base64.") from None
 
