@@ -9,6 +9,7 @@ import azure.functions as func
 from visionary import clients
 from visionary.endpoints import endpoint, json_body, json_response, page_params, text_response
 from visionary.generation import MAX_BODY_BYTES, ImageRequest, generate_image
+from visionary.guards import check_key
 from visionary.settings import auth_level
 
 app = func.FunctionApp(http_auth_level=auth_level())
@@ -21,7 +22,8 @@ async def generateImage(req: func.HttpRequest) -> func.HttpResponse:
     request = ImageRequest.from_body(
         json_body(req, MAX_BODY_BYTES), current.settings.max_prompt_chars, current.settings.require_models()
     )
-    created = await generate_image(request, current.images, current.gallery)
+    key = check_key(req.headers.get("Idempotency-Key"))
+    created = await generate_image(request, current.images, current.gallery, current.guards, key)
     return json_response(created.to_json(), status=201)
 
 

@@ -39,19 +39,24 @@ def wait_until_listening(process: subprocess.Popen, port: int, timeout: float = 
 class Azurite:
     port: int
     process: subprocess.Popen | None = None
+    https: bool = False  # set when started with --cert/--key
+    debug_log: Path | None = None  # Azurite's request log, when started with --debug
 
     @property
     def blob_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}/{ACCOUNT}"
+        return f"{'https' if self.https else 'http'}://127.0.0.1:{self.port}/{ACCOUNT}"
 
     @property
     def connection_string(self) -> str:
         return (
-            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
+            f"DefaultEndpointsProtocol={'https' if self.https else 'http'};AccountName={ACCOUNT};AccountKey={KEY};"
             f"BlobEndpoint={self.blob_endpoint};"
         )
 
     def start(self, *extra: str) -> Azurite:
+        self.https = "--cert" in extra
+        if "--debug" in extra:
+            self.debug_log = Path(extra[extra.index("--debug") + 1])
         binary = ROOT / "node_modules" / ".bin" / "azurite-blob"
         if not binary.exists():
             raise RuntimeError("Azurite is not installed: run `npm ci` (make test does).")

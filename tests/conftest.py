@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit, parse_qsl
 
 import azure.functions as func
+import httpx
 import pytest
 from aiohttp import web
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient
@@ -235,3 +236,10 @@ async def local_host() -> AsyncIterator[str]:
     host = await start_local_host(HostConfig())
     yield host.url
     await host.runner.cleanup()
+
+
+@pytest.fixture
+async def http(local_host: str) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client on the local host, as a browser or curl would call it."""
+    async with httpx.AsyncClient(base_url=local_host, timeout=30) as client:
+        yield client

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from tests.identity import access_token
+
 IMAGE_ERRORS = {
     "content_policy": (
         400,
@@ -85,7 +87,7 @@ class Call:
 class OpenAIServer:
     behaviour: Behaviour = field(default_factory=Behaviour)
     calls: list[Call] = field(default_factory=list)
-    token: str = "loopback-entra-token"
+    tokens: list[str] = field(default_factory=list)  # access tokens handed out, newest last
     identity_header: str = "loopback-identity-header"
     port: int = 0  # 0: a free one
     record: bool = True  # keep a log of calls (benchmarks turn it off)
@@ -208,11 +210,14 @@ class OpenAIServer:
         await self._record(request)
         if request.headers.get("X-IDENTITY-HEADER") != self.identity_header:
             return web.json_response({"error": "invalid identity header"}, status=401)
+        resource = request.query.get("resource", "")
+        token, expires_on = access_token(resource)
+        self.tokens.append(token)
         return web.json_response(
             {
-                "access_token": self.token,
-                "expires_on": str(int(time.time()) + 3600),
-                "resource": request.query.get("resource", ""),
+                "access_token": token,
+                "expires_on": str(expires_on),
+                "resource": resource,
                 "token_type": "Bearer",
                 "client_id": "00000000-0000-0000-0000-000000000000",
             }

@@ -72,7 +72,7 @@ async def test_azure_openai_with_managed_identity(api: Api, azure_env: OpenAISer
     answer = await api.generate({"prompt": PROMPT})
     assert answer.status == 201, answer.body
     [call] = azure_env.model_calls()
-    assert call.headers["Authorization"] == f"Bearer {azure_env.token}"
+    assert call.headers["Authorization"] == f"Bearer {azure_env.tokens[-1]}"
     assert "api-key" not in call.headers
     [token_request] = [c for c in azure_env.calls if c.path == "/msi/token"]
     assert token_request.query["resource"] == "https://cognitiveservices.azure.com"

@@ -8,12 +8,6 @@ from tests.conftest import start_local_host
 from visionary.localhost import HostConfig, LocalHost, routes_of
 
 
-@pytest.fixture
-async def http(local_host: str):
-    async with httpx.AsyncClient(base_url=local_host, timeout=30) as client:
-        yield client
-
-
 async def test_the_node_frontends_calls_work_in_lower_case(http: httpx.AsyncClient, storage_env, monkeypatch):
     monkeypatch.setenv("VISIONARY_PROVIDER", "offline")
     created = await http.post("/api/generateimage", json={"prompt": "Cat in space, watercolor"})

@@ -2,6 +2,7 @@
 
     python -m visionary serve [--host H] [--port P]   the local host alone
     python -m visionary run                           Azurite (data in .azurite/) and the local host
+    python -m visionary migrate [--dry-run]           move the Node version's blobs into the naming scheme
 """
 
 from __future__ import annotations
@@ -13,8 +14,13 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from visionary.localhost import ROOT
+
+if TYPE_CHECKING:
+    from visionary.migration import Report
+    from visionary.settings import StorageSettings
 
 AZURITE_PORT = 10000
 
@@ -27,7 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     for command in (serve, run):
         command.add_argument("--host", default="127.0.0.1")
         command.add_argument("--port", type=int, default=7071)
+    migration = commands.add_parser("migrate", help="move the Node version's blobs into the naming scheme")
+    migration.add_argument("--dry-run", action="store_true", help="list what would move, and change nothing")
     args = parser.parse_args(argv)
+    if args.command == "migrate":  # its report and no log lines: the storage SDK logs requests at INFO
+        return migrate(args.dry_run)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
         return serve_app(args.host, args.port)
@@ -91,6 +101,47 @@ def run_stack(host: str, port: int) -> int:
             azurite.wait(timeout=10)
         except subprocess.TimeoutExpired:
             azurite.kill()
+
+
+def migrate(dry_run: bool) -> int:
+    """Print one line a blob as it goes, then the counts; 1 when anything conflicted or failed."""
+    import asyncio
+
+    from azure.core.exceptions import AzureError
+
+    from visionary.errors import ApiError
+    from visionary.localhost import HostConfig
+    from visionary.migration import describe
+    from visionary.settings import Settings
+
+    HostConfig.load().apply_values()
+    sys.stdout.reconfigure(errors="backslashreplace")  # a prompt's emoji on a console that cannot show it
+    try:
+        report = asyncio.run(_migrate(Settings.from_env().require_storage(), dry_run))
+    except ApiError as error:
+        print(error.message, file=sys.stderr)
+        return 1
+    except AzureError as error:
+        print(f"Stopped: {describe(error)}. Run again: it resumes where this run stopped.", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("Interrupted. Run again: it resumes where this run stopped.", file=sys.stderr)
+        return 130
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+async def _migrate(settings: StorageSettings, dry_run: bool) -> Report:
+    from visionary import migration
+    from visionary.storage import Gallery
+
+    gallery = Gallery.from_settings(settings)  # the app's own storage client: keys or managed identity
+    try:
+        return await migration.migrate(
+            gallery.container, dry_run, progress=lambda outcome: print(outcome.line(dry_run), flush=True)
+        )
+    finally:
+        await gallery.close()
 
 
 def _taken(host: str, port: int) -> str | None:

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from visionary.generation import Guards
+from visionary.guards import DailyCap, IdempotencyLedger
 from visionary.settings import Settings
 from visionary.storage import Gallery
 
@@ -33,6 +36,19 @@ class Clients:
         gallery = Gallery.from_settings(self.settings.require_storage())
         self._closers.append(gallery.close)
         return gallery
+
+    @cached_property
+    def guards(self) -> Guards:
+        storage = self.settings.require_storage()
+        system = self.gallery.system_container(storage.system_container)
+        cap = self.settings.max_images_per_day
+        models = self.settings.models
+        # A running marker outlives its owner only if that process died mid-generation.
+        stale_after = timedelta(seconds=models.timeout_seconds * (models.max_retries + 1) + 60)
+        return Guards(
+            cap=DailyCap(system, cap, timeout=storage.timeout_seconds) if cap is not None else None,
+            ledger=IdempotencyLedger(system, stale_after=stale_after, timeout=storage.timeout_seconds),
+        )
 
     @cached_property
     def images(self) -> ImageProvider:

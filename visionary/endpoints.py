@@ -117,7 +117,7 @@ def json_body(req: func.HttpRequest, max_bytes: int) -> object:
         raise ApiError.payload_too_large(max_bytes)
     try:
         return json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nesting thousands deep
         raise ApiError.invalid_json("The request body is not valid JSON (UTF-8).") from None
 
 

@@ -77,6 +77,17 @@ class ApiError(Exception):
         return cls(503, "not_configured", message)
 
     @classmethod
+    def idempotency_conflict(cls) -> ApiError:
+        return cls(
+            409, "idempotency_conflict",
+            "This Idempotency-Key was used for a different request; use a new key for a new prompt.",
+        )
+
+    @classmethod
+    def in_progress(cls) -> ApiError:
+        return cls(409, "in_progress", "A request with this Idempotency-Key is still running; retry later.")
+
+    @classmethod
     def not_found(cls, message: str = "No such endpoint.") -> ApiError:
         return cls(404, "not_found", message)
 

@@ -7,11 +7,13 @@ failed generation writes no blob.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from visionary.endpoints import note
 from visionary.errors import ApiError
+from visionary.guards import DailyCap, IdempotencyLedger, fingerprint
 from visionary.sas import ReadSas
 from visionary.settings import ModelSettings
 from visionary.storage import Gallery, StoredImage
@@ -74,10 +76,35 @@ class CreatedImage:
         }
 
 
-async def generate_image(request: ImageRequest, images: ImageProvider, gallery: Gallery) -> CreatedImage:
+@dataclass(frozen=True)
+class Guards:
+    cap: DailyCap | None  # None: no daily cap
+    ledger: IdempotencyLedger
+
+
+async def generate_image(
+    request: ImageRequest,
+    images: ImageProvider,
+    gallery: Gallery,
+    guards: Guards,
+    idempotency_key: str | None = None,
+) -> CreatedImage:
+    """Draw and store one picture; with a key, at most once per key (a repeat gets the first answer)."""
     note(prompt=request.prompt)
-    image = await images.generate(request.prompt, request.size)
-    note(model=image.model)
-    stored = await gallery.upload(image.data, image.content_type, request.prompt, image.revised_prompt, image.model)
+
+    async def draw_and_store() -> dict:
+        async with guards.cap.slot() if guards.cap else nullcontext():
+            image = await images.generate(request.prompt, request.size)
+            note(model=image.model)
+            stored = await gallery.upload(
+                image.data, image.content_type, request.prompt, image.revised_prompt, image.model
+            )
+        return stored.to_record()
+
+    if idempotency_key is None:
+        record = await draw_and_store()
+    else:
+        record = await guards.ledger.once(idempotency_key, fingerprint(request.prompt, request.size), draw_and_store)
+    stored = StoredImage.from_record(record)
     note(blob=stored.name.blob)
     return CreatedImage(stored, await gallery.signer.sign())

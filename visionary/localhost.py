@@ -31,6 +31,9 @@ log = logging.getLogger("visionary.localhost")
 
 ROOT = Path(__file__).resolve().parent.parent
 MAX_BODY_BYTES = 4 * 1024 * 1024
+# aiohttp refuses request lines and header values over 8 KB itself, in plain text, before
+# any handler runs; these limits let the app answer long cursors and keys with its JSON errors.
+HANDLER_ARGS = {"max_line_size": 64 * 1024, "max_field_size": 64 * 1024}
 STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".png": "image/png",
                 ".svg": "image/svg+xml", ".yaml": "application/yaml", ".ico": "image/x-icon"}
 
@@ -107,7 +110,9 @@ class LocalHost:
         self.openapi = root / "openapi.yaml"
 
     def application(self) -> web.Application:
-        application = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[self._cors])
+        application = web.Application(
+            client_max_size=MAX_BODY_BYTES, middlewares=[self._cors], handler_args=HANDLER_ARGS
+        )
         application.router.add_route("*", "/{path:.*}", self._dispatch)
         return application
 

@@ -8,15 +8,25 @@ HTTPS-only whenever the account endpoint is HTTPS.
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Protocol
 from urllib.parse import quote
 
-from azure.storage.blob import ContainerSasPermissions, generate_container_sas
+from azure.storage.blob import ContainerSasPermissions, UserDelegationKey, generate_container_sas
+from azure.storage.blob.aio import BlobServiceClient
+
+from visionary.errors import ApiError
 
 CLOCK_SKEW = timedelta(minutes=5)
 PERMISSIONS = "r"
+# A delegation key is fetched for an hour beyond the longest link it must sign, and
+# reused until five minutes before it expires.
+DELEGATION_KEY_SPARE = timedelta(hours=1)
+DELEGATION_KEY_MARGIN = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,12 @@ class AccountKeySigner:
     """Service SAS signed with the storage account key."""
 
     def __init__(self, policy: SasPolicy, account_key: str) -> None:
+        try:
+            base64.b64decode(account_key, validate=True)
+        except binascii.Error:
+            raise ApiError.not_configured(
+                "The storage account key is not valid base64: check the accountKey setting or the key in the storage connection string."
+            ) from None
         self._policy = policy
         self._account_key = account_key
 
@@ -85,3 +101,44 @@ class AccountKeySigner:
 
     def __repr__(self) -> str:
         return f"AccountKeySigner(account={self._policy.account_name!r})"
+
+
+class UserDelegationSigner:
+    """User-delegation SAS, for storage reached with a token (managed identity).
+
+    The delegation key costs a round trip to storage (and needs the Storage Blob
+    Delegator role), so one key serves every link until it nears its expiry.
+    """
+
+    def __init__(self, policy: SasPolicy, service: BlobServiceClient) -> None:
+        self._policy = policy
+        self._service = service
+        self._key: UserDelegationKey | None = None
+        self._key_expiry = datetime.min.replace(tzinfo=timezone.utc)
+        self._lock = asyncio.Lock()
+
+    async def sign(self) -> ReadSas:
+        policy = self._policy
+        start, expiry = policy.window()
+        key = await self._delegation_key(needed_until=expiry)
+        token = generate_container_sas(
+            policy.account_name,
+            policy.container,
+            user_delegation_key=key,
+            permission=ContainerSasPermissions(read=True),
+            start=start,
+            expiry=expiry,
+            protocol=policy.protocol,
+        )
+        return ReadSas(token, expiry, policy.base_url)
+
+    async def _delegation_key(self, needed_until: datetime) -> UserDelegationKey:
+        async with self._lock:  # one fetch, however many requests need a key at once
+            now = datetime.now(timezone.utc)
+            if self._key is None or now >= self._key_expiry - DELEGATION_KEY_MARGIN or needed_until > self._key_expiry:
+                self._key_expiry = (needed_until + DELEGATION_KEY_SPARE).replace(microsecond=0)
+                self._key = await self._service.get_user_delegation_key(now - CLOCK_SKEW, self._key_expiry)
+            return self._key
+
+    def __repr__(self) -> str:
+        return f"UserDelegationSigner(account={self._policy.account_name!r})"

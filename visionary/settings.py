@@ -94,6 +94,7 @@ class Settings:
     models: ModelSettings = ModelSettings(provider=None)
     page_size: int = DEFAULT_PAGE_SIZE
     max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS
+    max_images_per_day: int | None = None  # None: no cap
     problems: tuple[str, ...] = ()  # malformed settings, reported at first use
 
     @classmethod
@@ -104,6 +105,9 @@ class Settings:
             models=_models(env),
             page_size=env.integer("VISIONARY_PAGE_SIZE", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE),
             max_prompt_chars=env.integer("VISIONARY_MAX_PROMPT_CHARS", DEFAULT_MAX_PROMPT_CHARS, 1, 32_000),
+            max_images_per_day=(
+                env.integer("VISIONARY_MAX_IMAGES_PER_DAY", 0, 0, 10**9) if env.text("VISIONARY_MAX_IMAGES_PER_DAY") else None
+            ),
         )
         return _with_problems(settings, env.problems)
 

@@ -8,28 +8,38 @@ rejected instead of silently restarting the listing.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import hashlib
 import json
+import logging
 import time
+import unicodedata
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from urllib.parse import quote, unquote
 
-from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.core import MatchConditions
+from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import ContentSettings
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient, LinearRetry
 
 from visionary import naming
 from visionary.errors import ApiError
-from visionary.sas import AccountKeySigner, ReadSas, ReadSigner, SasPolicy
+from visionary.sas import AccountKeySigner, ReadSas, ReadSigner, SasPolicy, UserDelegationSigner
 from visionary.settings import StorageSettings
 
 CACHE_CONTROL = "public, max-age=31536000, immutable"
+# When to look for the blob of an upload that failed on a timeout (seconds between looks).
+CLEANUP_PAUSES = (1, 2, 4, 8, 15, 30, 60, 120)
 MAX_CLASH_RETRIES = 50
 # Azure caps all metadata of a blob at 8 KiB; keep a margin for names and framing.
 METADATA_BUDGET = 8000
+
+log = logging.getLogger("visionary")
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,15 @@ class StoredImage:
             "prompt": self.prompt,
             "createdAt": _iso(self.created_at),
         }
+
+    def to_record(self) -> dict[str, str | None]:
+        """What to keep of it (no link: links are signed afresh when shown)."""
+        return {"blob": self.name.blob, "prompt": self.prompt, "revisedPrompt": self.revised_prompt, "model": self.model}
+
+    @classmethod
+    def from_record(cls, record: dict) -> StoredImage:
+        name = naming.parse_gallery_name(record["blob"])
+        return cls(name, record["prompt"], name.created_at, record["revisedPrompt"], record["model"])
 
 
 @dataclass(frozen=True)
@@ -72,15 +91,22 @@ class Gallery:
         signer: ReadSigner,
         clock: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         service: BlobServiceClient | None = None,
+        timeout: float | None = None,
+        credential: object | None = None,
     ) -> None:
         self.container = container
         self.signer = signer
         self.clock = clock
-        self._service = service  # owns the connection pool the container client borrows
+        self.service = service  # owns the connection pool the container client borrows
+        self.timeout = timeout  # a deadline for each storage operation, retries included
+        self._credential = credential
+        self._cleanups: set[asyncio.Task] = set()
 
     @classmethod
-    def from_settings(cls, settings: StorageSettings) -> Gallery:
-        service = open_service_client(settings)
+    def from_settings(cls, settings: StorageSettings, **transport: object) -> Gallery:
+        """The gallery of the settings; `transport` goes to the SDK client (connection_verify=...)."""
+        credential = _managed_identity() if settings.account_url else None
+        service = open_service_client(settings, credential, **transport)
         container = service.get_container_client(settings.container)
         policy = SasPolicy(
             account_name=service.account_name,
@@ -90,12 +116,29 @@ class Gallery:
             public_base_url=settings.public_base_url,
         )
         key = getattr(service.credential, "account_key", None)
-        if key is None:
-            raise ApiError.not_configured("Signing read links without an account key arrives with keyless storage.")
-        return cls(container, AccountKeySigner(policy, key), service=service)
+        if key is not None:
+            signer: ReadSigner = AccountKeySigner(policy, key)
+        elif credential is not None:
+            signer = UserDelegationSigner(policy, service)
+        else:
+            raise ApiError.not_configured(
+                "The storage connection string has no account key to sign read links with: use one with "
+                "AccountKey, or VISIONARY_STORAGE_ACCOUNT_URL with a managed identity."
+            )
+        return cls(container, signer, service=service, timeout=settings.timeout_seconds, credential=credential)
+
+    def system_container(self, name: str) -> ContainerClient:
+        """A private container beside the gallery, for the app's own bookkeeping."""
+        if self.service is None:
+            raise ValueError("a Gallery made without its service client has no system container")
+        return self.service.get_container_client(name)
 
     async def close(self) -> None:
-        await (self._service or self.container).close()
+        for task in self._cleanups:
+            task.cancel()
+        await (self.service or self.container).close()
+        if self._credential is not None:
+            await self._credential.close()
 
     async def upload(
         self,
@@ -113,9 +156,32 @@ class Gallery:
         1 ms and it tries again. The container is created on first use.
         """
         name = naming.name_for(prompt, self.clock() if ts is None else ts, content_type)
+        upload_id = uuid.uuid4().hex
+        attempts: list[naming.BlobName] = []
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await self._upload_unique(name, data, prompt, revised_prompt, model, upload_id, attempts)
+        except (TimeoutError, AzureError):
+            # Storage may still apply a request we gave up on: a picture would then
+            # appear although its request failed. Remove it once storage answers again.
+            if attempts:
+                self._remove_later(attempts[-1], upload_id)
+            raise
+
+    async def _upload_unique(
+        self,
+        name: naming.BlobName,
+        data: bytes,
+        prompt: str,
+        revised_prompt: str | None,
+        model: str | None,
+        upload_id: str,
+        attempts: list[naming.BlobName],
+    ) -> StoredImage:
         for _ in range(MAX_CLASH_RETRIES):
             created_at = name.created_at
-            metadata = encode_metadata(prompt, revised_prompt, model, created_at)
+            metadata = encode_metadata(prompt, revised_prompt, model, created_at) | {"upload_id": upload_id}
+            attempts.append(name)
             try:
                 await self._put(name, data, metadata)
             except ResourceExistsError:
@@ -123,6 +189,27 @@ class Gallery:
                 continue
             return StoredImage(name, prompt, created_at, revised_prompt, model)
         raise ApiError.storage_unavailable()
+
+    def _remove_later(self, name: naming.BlobName, upload_id: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._remove_if_ours(name, upload_id))
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+
+    async def _remove_if_ours(self, name: naming.BlobName, upload_id: str) -> None:
+        """Delete the blob of a failed upload, if it appears and carries our upload id."""
+        blob = self.container.get_blob_client(name.blob)
+        for pause in CLEANUP_PAUSES:
+            await asyncio.sleep(pause)
+            try:
+                properties = await blob.get_blob_properties()
+                if properties.metadata.get("upload_id") == upload_id:
+                    await blob.delete_blob(etag=properties.etag, match_condition=MatchConditions.IfNotModified)
+                    log.warning("removed %s: it was stored after its request had failed", name.blob[:40])
+                return
+            except ResourceNotFoundError:
+                continue  # not (yet) there: the request may still be on its way
+            except AzureError:
+                continue  # storage still away
 
     async def _put(self, name: naming.BlobName, data: bytes, metadata: dict[str, str]) -> None:
         blob = self.container.get_blob_client(name.blob)
@@ -134,15 +221,17 @@ class Gallery:
             await blob.upload_blob(data, overwrite=False, content_settings=settings, metadata=metadata)
 
     async def ensure_container(self) -> None:
-        """Create the container, private (no public access), if it is not there yet."""
-        try:
-            await self.container.create_container()
-        except ResourceExistsError:
-            pass
+        await ensure_container(self.container)
 
     async def page(self, limit: int, cursor: str | None) -> Page:
         """One page of the gallery, newest first, in a single List Blobs call."""
         token = decode_cursor(cursor) if cursor else None
+        async with asyncio.timeout(self.timeout):
+            images, next_token = await self._list_page(limit, token)
+            sas = await self.signer.sign()  # may fetch a delegation key: a storage call too
+        return Page(images, encode_cursor(next_token) if next_token else None, sas)
+
+    async def _list_page(self, limit: int, token: str | None) -> tuple[list[StoredImage], str | None]:
         pages = self.container.list_blobs(
             name_starts_with=naming.PREFIX, include=["metadata"], results_per_page=limit
         ).by_page(continuation_token=token)
@@ -152,16 +241,29 @@ class Gallery:
                 images = [image async for blob in blob_page if (image := _stored_image(blob))]
                 break
         except ResourceNotFoundError:  # no container yet: an empty gallery
-            return Page([], None, await self.signer.sign())
+            return [], None
         except HttpResponseError as error:
             if token and error.status_code == 400:  # a forged cursor carried a token Azure rejects
                 raise _invalid_cursor() from None
             raise
-        next_token = pages.continuation_token
-        return Page(images, encode_cursor(next_token) if next_token else None, await self.signer.sign())
+        return images, pages.continuation_token
 
 
-def open_service_client(settings: StorageSettings) -> BlobServiceClient:
+async def ensure_container(container: ContainerClient) -> None:
+    """Create the container, private (no public access), if it is not there yet."""
+    try:
+        await container.create_container()
+    except ResourceExistsError:
+        pass
+
+
+def _managed_identity():
+    from azure.identity.aio import DefaultAzureCredential  # loaded for keyless storage only
+
+    return DefaultAzureCredential()
+
+
+def open_service_client(settings: StorageSettings, credential: object | None = None, **transport: object) -> BlobServiceClient:
     # The storage SDK's default retries back off 15 s and more: an outage would hold
     # requests for minutes. Two quick retries, then the caller's deadline decides.
     # use_env_settings=False: aiohttp's trust_env would look for a .netrc file in a worker
@@ -172,14 +274,21 @@ def open_service_client(settings: StorageSettings) -> BlobServiceClient:
         read_timeout=settings.timeout_seconds,
         retry_policy=LinearRetry(backoff=0.3, random_jitter_range=0.2, retry_total=2),
         use_env_settings=False,
+        **transport,
     )
     if settings.connection_string:
-        return BlobServiceClient.from_connection_string(settings.connection_string, **options)
+        try:
+            return BlobServiceClient.from_connection_string(settings.connection_string, **options)
+        except ValueError:
+            raise ApiError.not_configured(
+                "The storage connection string (VISIONARY_STORAGE_CONNECTION_STRING or AzureWebJobsStorage) "
+                "is malformed."
+            ) from None
     if settings.account_key:
         url = f"https://{settings.account_name}.blob.core.windows.net"
-        credential = {"account_name": settings.account_name, "account_key": settings.account_key}
-        return BlobServiceClient(url, credential=credential, **options)
-    raise ApiError.not_configured("Keyless storage (VISIONARY_STORAGE_ACCOUNT_URL) is not supported yet.")
+        key = {"account_name": settings.account_name, "account_key": settings.account_key}
+        return BlobServiceClient(url, credential=key, **options)
+    return BlobServiceClient(settings.account_url, credential=credential, **options)
 
 
 def encode_metadata(
@@ -240,8 +349,14 @@ MAX_CURSOR_CHARS = 4096
 
 
 def encode_cursor(continuation_token: str) -> str:
-    payload = json.dumps({"v": _CURSOR_VERSION, "token": continuation_token}, separators=(",", ":"))
-    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
+    payload = {"v": _CURSOR_VERSION, "token": continuation_token, "check": _check(continuation_token)}
+    return base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def _check(token: str) -> str:
+    # Azurite's tokens are bare blob names, which any marker resembles: without a check,
+    # a cursor made up by a client would silently list from somewhere else.
+    return hashlib.sha256(f"visionary-cursor\x00{token}".encode()).hexdigest()[:16]
 
 
 def decode_cursor(cursor: str) -> str:
@@ -251,8 +366,11 @@ def decode_cursor(cursor: str) -> str:
             raise ValueError("too long")
         padded = cursor + "=" * (-len(cursor) % 4)
         payload = json.loads(base64.b64decode(padded, altchars=b"-_", validate=True))
-        if payload["v"] != _CURSOR_VERSION or not isinstance(payload["token"], str) or not payload["token"]:
+        token = payload["token"]
+        if payload["v"] != _CURSOR_VERSION or not isinstance(token, str) or payload["check"] != _check(token):
             raise ValueError("not ours")
+        if not token or any(unicodedata.category(ch) in ("Cc", "Cs") for ch in token):
+            raise ValueError("not a token storage would accept")
     except (binascii.Error, ValueError, TypeError, KeyError):
         raise _invalid_cursor() from None
     return payload["token"]

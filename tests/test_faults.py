@@ -1,0 +1,71 @@
+"""Storage faults: an Azurite of this test's own is frozen, killed and brought back.
+
+Model faults (429, 500, timeouts, malformed JSON, truncated base64, HTML at an image
+link) are in test_generate_image.py.
+"""
+
+import asyncio
+import os
+import signal
+import time
+
+import pytest
+
+from tests.azurite import Azurite, free_port
+from tests.conftest import Api
+
+TIMEOUT = 2.0
+
+
+@pytest.fixture
+def own_azurite(monkeypatch, container_name):
+    server = Azurite(free_port()).start()
+    monkeypatch.setenv("VISIONARY_STORAGE_CONNECTION_STRING", server.connection_string)
+    monkeypatch.setenv("VISIONARY_CONTAINER", container_name)
+    monkeypatch.setenv("VISIONARY_STORAGE_TIMEOUT_SECONDS", str(TIMEOUT))
+    monkeypatch.setenv("VISIONARY_PROVIDER", "offline")
+    yield server
+    if server.process and server.process.poll() is None:
+        os.kill(server.process.pid, signal.SIGCONT)
+    server.stop()
+
+
+async def timed(call):
+    started = time.monotonic()
+    answer = await call
+    return answer, time.monotonic() - started
+
+
+async def test_a_frozen_storage_is_a_503_within_the_timeout_and_then_recovers(api: Api, own_azurite: Azurite):
+    assert (await api.generate({"prompt": "before the outage"})).status == 201
+    os.kill(own_azurite.process.pid, signal.SIGSTOP)  # accepts connections, answers nothing
+    try:
+        listing, listing_time = await timed(api.get_images())
+        generation, generation_time = await timed(api.generate({"prompt": "during the outage"}))
+        # The process keeps serving what needs no storage round trip.
+        assert (await api.call("sasToken")).status == 200
+        assert (await api.suggest()).status == 200
+    finally:
+        os.kill(own_azurite.process.pid, signal.SIGCONT)
+    for answer, elapsed in ((listing, listing_time), (generation, generation_time)):
+        assert answer.status == 503 and answer.json()["code"] == "storage_unavailable"
+        assert elapsed < TIMEOUT + 1.0, elapsed
+    # Azurite applies the upload it held once it thaws; the app removes that blob of a
+    # failed request as soon as storage answers again.
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        prompts = [image["prompt"] for image in (await api.get_images()).json()["imageUrls"]]
+        if prompts == ["before the outage"]:
+            break
+        await asyncio.sleep(0.5)
+    assert prompts == ["before the outage"]
+
+
+async def test_a_stopped_storage_is_a_503_and_a_restarted_one_serves_again(api: Api, own_azurite: Azurite):
+    own_azurite.stop()
+    answer, elapsed = await timed(api.get_images())
+    assert answer.status == 503 and answer.json()["code"] == "storage_unavailable"
+    assert elapsed < TIMEOUT + 1.0
+    own_azurite.start()  # the same port, an empty in-memory store
+    assert (await api.generate({"prompt": "after the restart"})).status == 201
+    assert [i["prompt"] for i in (await api.get_images()).json()["imageUrls"]] == ["after the restart"]

@@ -1,0 +1,130 @@
+import asyncio
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import httpx
+import pytest
+from azure.storage.blob.aio import ContainerClient
+
+from tests.azurite import Azurite, free_port
+from tests.conftest import ROOT_ENV, Api
+from tests.openai_server import OpenAIServer
+from tests.served import ServedApp
+
+PROMPT = "A lighthouse at dusk, oil painting"
+
+
+async def gallery_blobs(container: ContainerClient) -> list[str]:
+    if not await container.exists():
+        return []
+    return [blob.name async for blob in container.list_blobs(name_starts_with="gallery/")]
+
+
+# -- the daily cap -----------------------------------------------------------
+
+
+async def test_the_cap_holds_across_two_processes(azurite: Azurite, container: ContainerClient):
+    env = {
+        **ROOT_ENV,
+        "VISIONARY_STORAGE_CONNECTION_STRING": azurite.connection_string,
+        "VISIONARY_CONTAINER": container.container_name,
+        "VISIONARY_SYSTEM_CONTAINER": f"system-{uuid.uuid4().hex[:12]}",
+        "VISIONARY_PROVIDER": "offline",
+        "VISIONARY_MAX_IMAGES_PER_DAY": "10",
+    }
+    hosts = [ServedApp.start(free_port(), env), ServedApp.start(free_port(), env)]
+    now = datetime.now(timezone.utc)
+    to_midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0) - now
+    try:
+        async with httpx.AsyncClient(timeout=60) as http:
+            answers = await asyncio.gather(*[
+                http.post(f"{hosts[i % 2].url}/api/generateImage", json={"prompt": f"Picture {i}"}) for i in range(40)
+            ])
+    finally:
+        for host in hosts:
+            host.stop()
+    statuses = sorted(answer.status_code for answer in answers)
+    assert statuses == [201] * 10 + [429] * 30
+    for answer in answers:
+        if answer.status_code == 429:
+            assert answer.json()["code"] == "rate_limited"
+            assert 0 < int(answer.headers["retry-after"]) <= to_midnight.total_seconds() + 1
+    assert len(await gallery_blobs(container)) == 10
+
+
+async def test_a_failed_generation_gives_its_slot_back(api: Api, openai_env: OpenAIServer, container, monkeypatch):
+    monkeypatch.setenv("VISIONARY_MAX_IMAGES_PER_DAY", "2")
+    monkeypatch.setenv("VISIONARY_SYSTEM_CONTAINER", f"system-{uuid.uuid4().hex[:12]}")
+    openai_env.behaviour.error = "content_policy"
+    for _ in range(3):
+        assert (await api.generate({"prompt": PROMPT})).status == 400
+    openai_env.behaviour.error = None
+    assert [(await api.generate({"prompt": PROMPT})).status for _ in range(3)] == [201, 201, 429]
+    assert len(await gallery_blobs(container)) == 2
+
+
+# -- idempotency -------------------------------------------------------------
+
+
+@pytest.fixture
+def keyed_env(openai_env: OpenAIServer, monkeypatch) -> OpenAIServer:
+    monkeypatch.setenv("VISIONARY_SYSTEM_CONTAINER", f"system-{uuid.uuid4().hex[:12]}")
+    return openai_env
+
+
+async def test_a_repeat_gets_the_same_answer_without_a_second_model_call(api: Api, keyed_env: OpenAIServer, container):
+    key = {"Idempotency-Key": "order-42"}
+    first = await api.generate({"prompt": PROMPT}, headers=key)
+    again = await api.generate({"prompt": PROMPT}, headers=key)
+    assert first.status == again.status == 201
+    assert again.json()["blob"] == first.json()["blob"]
+    assert again.json()["prompt"] == PROMPT and again.json()["url"].split("?")[0] == first.json()["url"].split("?")[0]
+    assert len(keyed_env.model_calls()) == 1
+    assert len(await gallery_blobs(container)) == 1
+
+
+async def test_concurrent_duplicates_make_one_model_call(api: Api, keyed_env: OpenAIServer, container):
+    keyed_env.behaviour.delay = 0.5  # the first is still drawing when the others arrive
+    key = {"Idempotency-Key": "double-click"}
+    answers = await asyncio.gather(*[api.generate({"prompt": PROMPT}, headers=key) for _ in range(5)])
+    assert [a.status for a in answers] == [201] * 5
+    assert len({a.json()["blob"] for a in answers}) == 1
+    assert len(keyed_env.model_calls()) == 1
+    assert len(await gallery_blobs(container)) == 1
+
+
+async def test_the_same_key_with_another_prompt_is_a_conflict(api: Api, keyed_env: OpenAIServer):
+    key = {"Idempotency-Key": "reused"}
+    assert (await api.generate({"prompt": PROMPT}, headers=key)).status == 201
+    other = await api.generate({"prompt": "Something else entirely"}, headers=key)
+    assert other.status == 409
+    assert other.json()["code"] == "idempotency_conflict"
+    assert len(keyed_env.model_calls()) == 1
+
+
+async def test_a_failed_first_request_can_be_retried_with_its_key(api: Api, keyed_env: OpenAIServer):
+    key = {"Idempotency-Key": "retry-me"}
+    keyed_env.behaviour.error = "content_policy"
+    assert (await api.generate({"prompt": PROMPT}, headers=key)).status == 400
+    keyed_env.behaviour.error = None
+    assert (await api.generate({"prompt": PROMPT}, headers=key)).status == 201
+
+
+async def test_a_slow_first_request_makes_a_repeat_wait_then_409(api: Api, keyed_env: OpenAIServer, monkeypatch):
+    from visionary import clients
+
+    keyed_env.behaviour.delay = 1.5
+    clients.current().guards.ledger.wait_seconds = 0.3  # a short bound, for the test
+    key = {"Idempotency-Key": "slow"}
+    first = asyncio.create_task(api.generate({"prompt": PROMPT}, headers=key))
+    await asyncio.sleep(0.2)
+    repeat = await api.generate({"prompt": PROMPT}, headers=key)
+    assert repeat.status == 409 and repeat.json()["code"] == "in_progress"
+    assert (await first).status == 201
+
+
+@pytest.mark.parametrize("key", ["", "k" * 201, "line\nbreak", "caf\u00e9"])
+async def test_a_malformed_key_is_a_400(api: Api, keyed_env: OpenAIServer, key: str):
+    answer = await api.generate({"prompt": PROMPT}, headers={"Idempotency-Key": key})
+    assert answer.status == 400 and answer.json()["code"] == "invalid_parameter"
+    assert keyed_env.model_calls() == []

@@ -1,0 +1,95 @@
+"""Keyless storage: managed identity and user-delegation SAS, against Azurite in OAuth mode.
+
+Azurite serves HTTPS with a certificate the test makes, and checks the bearer
+tokens that azure-identity's DefaultAzureCredential fetches from a loopback App
+Service managed-identity endpoint (IDENTITY_ENDPOINT + IDENTITY_HEADER). The app
+runs as users run it, `python -m visionary serve`, trusting that certificate
+through SSL_CERT_FILE. No account key is configured anywhere.
+"""
+
+import asyncio
+import ssl
+import uuid
+from pathlib import Path
+from urllib.parse import parse_qs
+
+import httpx
+import pytest
+
+from tests.azurite import Azurite, free_port
+from tests.conftest import ROOT_ENV
+from tests.identity import self_signed_certificate
+from tests.openai_server import OpenAIServer
+from tests.served import ServedApp
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory) -> tuple[Path, Path]:
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def oauth_azurite(tls, tmp_path_factory):
+    cert, key = tls
+    debug_log = tmp_path_factory.mktemp("azurite") / "debug.log"
+    server = Azurite(free_port()).start("--oauth", "basic", "--cert", str(cert), "--key", str(key),
+                                        "--debug", str(debug_log))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def keyless_app(oauth_azurite: Azurite, tls, model_server: OpenAIServer):
+    cert, _ = tls
+    env = {
+        **ROOT_ENV,
+        "VISIONARY_STORAGE_ACCOUNT_URL": oauth_azurite.blob_endpoint,
+        "VISIONARY_CONTAINER": f"keyless-{uuid.uuid4().hex[:12]}",
+        "VISIONARY_PROVIDER": "offline",
+        "IDENTITY_ENDPOINT": f"{model_server.url}/msi/token",
+        "IDENTITY_HEADER": model_server.identity_header,
+        "SSL_CERT_FILE": str(cert),
+    }
+    app = ServedApp.start(free_port(), env)
+    yield app
+    output = app.stop()
+    assert "AccountKey" not in output
+
+
+def delegation_key_requests(azurite: Azurite) -> int:
+    return azurite.debug_log.read_text().count("comp=userdelegationkey")
+
+
+async def test_a_managed_identity_stores_lists_and_signs_read_only_links(
+    keyless_app: ServedApp, oauth_azurite: Azurite, model_server: OpenAIServer, tls
+):
+    trusted = ssl.create_default_context(cafile=str(tls[0]))
+    async with httpx.AsyncClient(base_url=keyless_app.url, timeout=30) as api, httpx.AsyncClient(verify=trusted) as blob:
+        created = await api.post("/api/generateImage", json={"prompt": "A keyless lighthouse"})
+        assert created.status_code == 201, created.text
+        [listed] = (await api.get("/api/getImages")).json()["imageUrls"]
+        assert listed["blob"] == created.json()["blob"]
+        read = await blob.get(listed["url"])
+        assert read.status_code == 200 and read.headers["content-type"] == "image/png"
+
+        answer = (await api.get("/api/sasToken")).json()
+        token = answer["sasToken"]
+        fields = parse_qs(token)
+        assert fields["sp"] == ["r"] and fields["spr"] == ["https"] and "skoid" in fields  # user delegation
+        base = answer["containerUrl"]
+        assert (await blob.get(f"{base}/{listed['blob']}?{token}")).content == read.content
+        write = await blob.put(f"{base}/gallery/intruder.png?{token}", content=b"x",
+                               headers={"x-ms-blob-type": "BlockBlob"})
+        delete = await blob.delete(f"{base}/{listed['blob']}?{token}")
+        assert (write.status_code, delete.status_code) == (403, 403)
+        assert "AuthorizationPermissionMismatch" in write.text  # signature accepted, permission refused
+
+    assert [call.path for call in model_server.calls].count("/msi/token") == 1  # the token is cached
+
+
+async def test_fifty_links_cost_one_delegation_key(keyless_app: ServedApp, oauth_azurite: Azurite):
+    before = delegation_key_requests(oauth_azurite)
+    async with httpx.AsyncClient(base_url=keyless_app.url, timeout=30) as api:
+        answers = await asyncio.gather(*[api.get("/api/sasToken") for _ in range(50)])
+    assert [a.status_code for a in answers] == [200] * 50
+    assert delegation_key_requests(oauth_azurite) - before == 1

@@ -1,0 +1,263 @@
+"""`python -m visionary migrate`: the Node version's blobs moved into the naming scheme, on a real Azurite."""
+
+import base64
+import io
+import subprocess
+import sys
+from datetime import datetime
+from urllib.parse import unquote
+
+from azure.storage.blob.aio import ContainerClient
+from PIL import Image
+
+from tests.azurite import KEY, ROOT, Azurite
+from tests.conftest import ROOT_ENV, png_bytes
+from visionary import naming
+from visionary.migration import Action, Outcome, Report, migrate
+from visionary.storage import Gallery
+
+# What the Node version left at the container root: {prompt}_{epoch ms}.png
+LIGHTHOUSE, FOX = "A lighthouse at dusk, oil painting", "Ein Fuchs 🦊 im Schnee, 東京"
+NODE_BLOBS = {
+    f"{LIGHTHOUSE}_1700000000000.png": (LIGHTHOUSE, png_bytes(1)),
+    "a_b_c_1700000001000.png": ("a_b_c", png_bytes(2)),
+    f"{FOX}_1700000002000.png": (FOX, png_bytes(3)),
+}
+# What must stay where it is, and why.
+NOT_AN_IMAGE = "not a whole PNG, JPEG or WebP image"
+NOT_A_NODE_NAME = "not a Node name ({prompt}_{milliseconds}.png)"
+IN_A_FOLDER = "in a folder; the Node version wrote only to the container root"
+OTHER_BLOBS = {
+    "half a picture_1700000003000.png": (b"\x89PNG\r\n\x1a\n cut short", NOT_AN_IMAGE),
+    "notes.txt": (b"remember the milk", NOT_A_NODE_NAME),
+    "photo.png": (png_bytes(4), NOT_A_NODE_NAME),
+    "dir/x_1700000000000.png": (png_bytes(5), IN_A_FOLDER),
+}
+MIGRATED_PROMPT, MIGRATED_TS = "drawn by the Python version", 1_700_000_009_000
+
+
+def target_of(source: str) -> str:
+    node = naming.parse_node_name(source)
+    return node.to_gallery_name().blob
+
+
+def conflict_line(source: str) -> str:
+    return f"conflict: {source} -> {target_of(source)}: other bytes are already there; source left"
+
+
+async def seed(container: ContainerClient, gallery: Gallery) -> str:
+    """The Node blobs, the blobs to leave, and one picture already in the scheme (its blob name)."""
+    await container.create_container()
+    for name, (_, data) in NODE_BLOBS.items():
+        await container.upload_blob(name, data, content_type="image/png")
+    for name, (data, _) in OTHER_BLOBS.items():
+        await container.upload_blob(name, data)
+    stored = await gallery.upload(png_bytes(9), "image/png", MIGRATED_PROMPT, ts=MIGRATED_TS)
+    return stored.name.blob
+
+
+async def snapshot(container: ContainerClient) -> dict[str, str]:
+    """Every blob's name and etag: equal snapshots mean nothing was written or deleted."""
+    return {blob.name: blob.etag async for blob in container.list_blobs()}
+
+
+async def read(container: ContainerClient, blob: str) -> bytes:
+    return await (await container.download_blob(blob)).readall()
+
+
+def outcomes(report: Report) -> dict[str, tuple[Action, str | None]]:
+    return {o.source: (o.action, o.target or o.reason) for o in report.outcomes}
+
+
+def expected_left() -> dict[str, tuple[Action, str]]:
+    return {name: (Action.LEFT, reason) for name, (_, reason) in OTHER_BLOBS.items()}
+
+
+async def test_a_dry_run_lists_the_plan_and_changes_nothing(container: ContainerClient, gallery: Gallery):
+    await seed(container, gallery)
+    before = await snapshot(container)
+
+    report = await migrate(container, dry_run=True)
+
+    assert await snapshot(container) == before
+    assert outcomes(report) == {
+        **{name: (Action.MOVED, target_of(name)) for name in NODE_BLOBS},
+        **expected_left(),
+    }
+    assert report.ok
+    assert report.lines() == [
+        f"left: dir/x_1700000000000.png: {IN_A_FOLDER}",
+        f"would move: {LIGHTHOUSE}_1700000000000.png -> gallery/8299999999999_{LIGHTHOUSE}_1700000000000.png",
+        f"would move: {FOX}_1700000002000.png -> gallery/8299999997999_{FOX}_1700000002000.png",
+        "would move: a_b_c_1700000001000.png -> gallery/8299999998999_a b c_1700000001000.png",
+        f"left: half a picture_1700000003000.png: {NOT_AN_IMAGE}",
+        f"left: notes.txt: {NOT_A_NODE_NAME}",
+        f"left: photo.png: {NOT_A_NODE_NAME}",
+        "dry run, nothing changed; a run would have: moved 3, resumed 0, left 4, conflicts 0",
+    ]
+
+
+async def test_a_run_moves_the_node_blobs_with_their_time_and_prompt(
+    container: ContainerClient, gallery: Gallery, api
+):
+    already_migrated = await seed(container, gallery)
+
+    report = await migrate(container)
+
+    assert outcomes(report) == {
+        **{name: (Action.MOVED, target_of(name)) for name in NODE_BLOBS},
+        **expected_left(),
+    }
+    assert report.ok and report.lines()[-1] == "moved 3, resumed 0, left 4, conflicts 0"
+    assert set(await snapshot(container)) == {
+        *OTHER_BLOBS, already_migrated, *(target_of(name) for name in NODE_BLOBS)
+    }
+    for source, (prompt, data) in NODE_BLOBS.items():
+        blob = container.get_blob_client(target_of(source))
+        properties = await blob.get_blob_properties()
+        assert await read(container, blob.blob_name) == data
+        assert properties.content_settings.content_type == "image/png"
+        assert properties.content_settings.cache_control == "public, max-age=31536000, immutable"
+        assert unquote(properties.metadata["prompt"]) == prompt
+        created_at = naming.parse_node_name(source).to_gallery_name().created_at
+        assert datetime.fromisoformat(properties.metadata["created"]) == created_at
+        assert "model" not in properties.metadata
+
+    gallery_page = (await api.get_images()).json()["imageUrls"]
+    assert [(image["prompt"], image["name"], image["createdAt"]) for image in gallery_page] == [
+        (MIGRATED_PROMPT, f"{MIGRATED_PROMPT}_1700000009000.png", "2023-11-14T22:13:29.000Z"),
+        (FOX, f"{FOX}_1700000002000.png", "2023-11-14T22:13:22.000Z"),
+        ("a_b_c", "a b c_1700000001000.png", "2023-11-14T22:13:21.000Z"),
+        (LIGHTHOUSE, f"{LIGHTHOUSE}_1700000000000.png", "2023-11-14T22:13:20.000Z"),
+    ]
+
+
+async def test_a_second_run_does_nothing(container: ContainerClient, gallery: Gallery):
+    await seed(container, gallery)
+    await migrate(container)
+    after_first = await snapshot(container)
+
+    again = await migrate(container)
+
+    assert await snapshot(container) == after_first
+    assert outcomes(again) == expected_left()
+    assert again.ok and again.summary() == "moved 0, resumed 0, left 4, conflicts 0"
+
+
+async def test_a_run_interrupted_after_a_copy_is_resumed(container: ContainerClient, gallery: Gallery):
+    await seed(container, gallery)
+    # An earlier run copied this one and stopped before deleting the source.
+    copied = "a_b_c_1700000001000.png"
+    await container.upload_blob(target_of(copied), NODE_BLOBS[copied][1])
+
+    report = await migrate(container)
+
+    assert outcomes(report)[copied] == (Action.RESUMED, target_of(copied))
+    assert f"already there: {copied} -> {target_of(copied)} (source deleted)" in report.lines()
+    assert report.ok and report.summary() == "moved 2, resumed 1, left 4, conflicts 0"
+    names = set(await snapshot(container))
+    assert copied not in names and target_of(copied) in names
+    assert await read(container, target_of(copied)) == NODE_BLOBS[copied][1]
+
+
+async def test_other_bytes_under_the_target_name_are_a_conflict(container: ContainerClient, gallery: Gallery):
+    await seed(container, gallery)
+    clashing = f"{LIGHTHOUSE}_1700000000000.png"
+    await container.upload_blob(target_of(clashing), png_bytes(77))
+
+    dry = await migrate(container, dry_run=True)
+    report = await migrate(container)
+
+    for run in (dry, report):
+        assert outcomes(run)[clashing] == (Action.CONFLICT, target_of(clashing))
+        assert not run.ok
+    assert report.summary() == "moved 2, resumed 0, left 4, conflicts 1"
+    assert conflict_line(clashing) in report.lines()
+    assert await read(container, clashing) == NODE_BLOBS[clashing][1]  # the source stays
+    assert await read(container, target_of(clashing)) == png_bytes(77)  # and so does what was there
+
+
+async def test_the_copy_is_named_and_typed_by_what_the_bytes_really_are(container: ContainerClient):
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), "teal").save(buffer, "JPEG")
+    await container.create_container()
+    await container.upload_blob("a jpeg all along_1700000004000.png", buffer.getvalue())
+
+    report = await migrate(container)
+
+    target = "gallery/8299999995999_a jpeg all along_1700000004000.jpg"
+    assert outcomes(report) == {"a jpeg all along_1700000004000.png": (Action.MOVED, target)}
+    properties = await container.get_blob_client(target).get_blob_properties()
+    assert properties.content_settings.content_type == "image/jpeg"
+
+
+async def test_a_container_that_does_not_exist_has_nothing_to_migrate(container: ContainerClient):
+    report = await migrate(container)
+    assert report.outcomes == [] and report.ok
+
+
+def test_a_name_is_printed_on_one_line():
+    outcome = Outcome("two\nlines 🦊_1700000000000.png", Action.LEFT, reason=NOT_AN_IMAGE)
+    assert outcome.line() == f"left: two\\nlines 🦊_1700000000000.png: {NOT_AN_IMAGE}"
+
+
+def run_cli(connection_string: str, container: ContainerClient, *args: str) -> subprocess.CompletedProcess:
+    env = {
+        **ROOT_ENV,
+        "VISIONARY_STORAGE_CONNECTION_STRING": connection_string,
+        "VISIONARY_CONTAINER": container.container_name,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "visionary", "migrate", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, encoding="utf-8", timeout=120, check=False,
+    )
+
+
+async def test_the_command_prints_the_plan_of_a_dry_run(
+    container: ContainerClient, gallery: Gallery, storage_env: Azurite
+):
+    await seed(container, gallery)
+    before = await snapshot(container)
+
+    result = run_cli(storage_env.connection_string, container, "--dry-run")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert lines == (await migrate(container, dry_run=True)).lines()  # the report, line for line
+    assert "would move: a_b_c_1700000001000.png -> gallery/8299999998999_a b c_1700000001000.png" in lines
+    assert f"left: notes.txt: {NOT_A_NODE_NAME}" in lines
+    assert lines[-1] == "dry run, nothing changed; a run would have: moved 3, resumed 0, left 4, conflicts 0"
+    assert "AccountKey" not in result.stdout and storage_env.connection_string not in result.stdout
+    assert await snapshot(container) == before
+
+
+async def test_the_command_exits_1_on_a_conflict(
+    container: ContainerClient, gallery: Gallery, storage_env: Azurite
+):
+    await seed(container, gallery)
+    clashing = "a_b_c_1700000001000.png"
+    await container.upload_blob(target_of(clashing), png_bytes(77))
+
+    result = run_cli(storage_env.connection_string, container)
+
+    assert result.returncode == 1, result.stderr
+    lines = result.stdout.splitlines()
+    assert conflict_line(clashing) in lines
+    assert lines[-1] == "moved 2, resumed 0, left 4, conflicts 1"
+
+
+async def test_the_command_says_what_storage_answered_and_never_the_key(
+    container: ContainerClient, gallery: Gallery, storage_env: Azurite
+):
+    await seed(container, gallery)
+    wrong_key = base64.b64encode(b"not the account key, 32 bytes!!").decode()
+
+    result = run_cli(storage_env.connection_string.replace(KEY, wrong_key), container)
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == (
+        "Stopped: storage answered 403 AuthorizationFailure. Run again: it resumes where this run stopped.\n"
+    )
+    assert wrong_key not in result.stderr

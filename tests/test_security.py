@@ -1,0 +1,156 @@
+"""Security defaults: who may call, what logs and error answers never carry, and what a
+gallery read link cannot reach."""
+
+import logging
+import subprocess
+import sys
+import uuid
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+from azure.storage.blob.aio import ContainerClient
+
+from tests.azurite import KEY as ACCOUNT_KEY
+from tests.conftest import OPENAI_KEY, ROOT_ENV, Api, Response, png_bytes
+from tests.openai_server import OpenAIServer
+from visionary.settings import DEFAULT_SYSTEM_CONTAINER
+
+PROMPT = "A lighthouse at dusk, oil painting"
+# 200 characters that percent-encoding leaves as they are: a prompt that reached a logged URL
+# (blob names carry the prompt) would be found whole.
+LONG_PROMPT = ("Harbour-panorama.at-dawn.with-gulls-boats-nets.and-lanterns-" * 4)[:200]
+UNREACHABLE_STORAGE = (
+    f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={ACCOUNT_KEY};"
+    "BlobEndpoint=http://127.0.0.1:9/devstoreaccount1;"
+)
+
+
+@pytest.mark.parametrize(
+    ("setting", "level"),
+    [(None, "ANONYMOUS"), ("anonymous", "ANONYMOUS"), ("function", "FUNCTION"), (" Function ", "FUNCTION"),
+     ("anonymus", "FUNCTION"), ("admin", "FUNCTION")],
+)
+def test_the_auth_level_the_host_sees(setting: str | None, level: str):
+    # What the Functions host reads from the indexed app: every trigger, in a fresh process.
+    env = {**ROOT_ENV, **({"VISIONARY_AUTH_LEVEL": setting} if setting is not None else {})}
+    script = "import function_app\nfor f in function_app.app.get_functions(): print(f.get_trigger().auth_level.name)"
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [level] * 4
+
+
+def signatures(*answers: Response) -> set[str]:
+    """Every SAS signature in the JSON answers, as sent (percent-encoded) and decoded."""
+    found = set()
+    for answer in answers:
+        if not answer.headers["Content-Type"].startswith("application/json"):
+            continue
+        for token in _sas_tokens(answer.json()):
+            [sig] = parse_qs(token)["sig"]
+            found |= {sig, token.split("sig=")[1].split("&")[0]}
+    return found
+
+
+def _sas_tokens(body: object) -> list[str]:
+    if isinstance(body, dict):
+        if "sasToken" in body:
+            return [body["sasToken"]]
+        if "url" in body:
+            return [urlsplit(body["url"]).query]
+        return [token for item in body.get("imageUrls", []) for token in _sas_tokens(item)]
+    return []
+
+
+async def all_four(api: Api, prompt: str) -> list[Response]:
+    return [
+        await api.generate({"prompt": prompt}),
+        await api.get_images(),
+        await api.call("sasToken"),
+        await api.suggest(),
+    ]
+
+
+async def test_no_key_signature_or_long_prompt_in_any_log_line(
+    api: Api, openai_env: OpenAIServer, caplog, monkeypatch
+):
+    caplog.set_level(logging.DEBUG)
+    working = await all_four(api, LONG_PROMPT)
+    openai_env.behaviour.error = "bad_key"
+    refused = await all_four(api, LONG_PROMPT)
+    openai_env.behaviour.error = None
+    monkeypatch.setenv("VISIONARY_STORAGE_CONNECTION_STRING", UNREACHABLE_STORAGE)
+    monkeypatch.setenv("VISIONARY_STORAGE_TIMEOUT_SECONDS", "1")
+    storage_down = await all_four(api, LONG_PROMPT)
+
+    assert [a.status for a in working + refused + storage_down] == [201, 200, 200, 200] + [502, 200, 200, 502] + [
+        503, 503, 200, 200  # a SAS is signed with the key alone; suggestions need no storage
+    ]
+    secrets = {OPENAI_KEY, ACCOUNT_KEY, LONG_PROMPT[:81]} | signatures(*working, *refused, *storage_down)
+    formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
+    lines = [formatter.format(record) for record in caplog.records]  # with exc_text and stack, if any
+    for line in lines:
+        for secret in secrets:
+            assert secret not in line, f"{secret[:12]}... logged: {line[:300]}"
+    # not silent: every endpoint logged its outcome, the prompt cut to 80 characters
+    outcomes = [r.getMessage() for r in caplog.records if r.name == "visionary" and " status=" in r.getMessage()]
+    assert {line.split()[0] for line in outcomes} == {"generateImage", "getImages", "sasToken", "getChatGPTSuggestion"}
+    assert any(f"prompt={LONG_PROMPT[:80]}" in line for line in outcomes if "status=503" in line)
+
+
+async def test_a_refused_model_key_is_not_echoed(api: Api, openai_env: OpenAIServer):
+    openai_env.behaviour.error = "bad_key"  # the model's 401 body quotes the key: "sk-test-*****"
+    for answer in (await api.generate({"prompt": PROMPT}), await api.suggest()):
+        assert (answer.status, answer.json()["code"]) == (502, "upstream_error")
+        for leak in (OPENAI_KEY.encode(), b"sk-test", b"platform.openai.com", b"Incorrect API key"):
+            assert leak not in answer.body
+
+
+@pytest.mark.parametrize(
+    "connection_string",
+    [
+        pytest.param(UNREACHABLE_STORAGE, id="unreachable"),
+        pytest.param(UNREACHABLE_STORAGE + "NoEqualsSign", id="malformed"),
+        pytest.param(UNREACHABLE_STORAGE.replace(ACCOUNT_KEY, "SECRET-key-not-base64"), id="key-not-base64"),
+    ],
+)
+async def test_a_storage_failure_is_a_503_that_names_no_key(api: Api, storage_env, monkeypatch, connection_string):
+    monkeypatch.setenv("VISIONARY_PROVIDER", "offline")
+    monkeypatch.setenv("VISIONARY_STORAGE_CONNECTION_STRING", connection_string)
+    monkeypatch.setenv("VISIONARY_STORAGE_TIMEOUT_SECONDS", "1")
+    key = connection_string.split("AccountKey=")[1].split(";")[0]
+    for answer in (await api.generate({"prompt": PROMPT}), await api.get_images(), await api.call("sasToken")):
+        if answer.status == 200:  # the SAS of a valid key needs no storage call
+            continue
+        assert answer.status == 503, answer.body
+        assert answer.json()["code"] in ("storage_unavailable", "not_configured")
+        for leak in (key, key[:20], "AccountKey", "127.0.0.1:9"):
+            assert leak.encode() not in answer.body
+
+
+async def test_the_gallery_sas_cannot_read_the_system_container(
+    api: Api, container: ContainerClient, storage_env
+):
+    # The cost guard and idempotency records live beside the gallery, in the system container.
+    await container.create_container()
+    await container.upload_blob("gallery/probe.png", png_bytes())
+    system = ContainerClient.from_connection_string(storage_env.connection_string, DEFAULT_SYSTEM_CONTAINER)
+    record = f"security-probe-{uuid.uuid4().hex}.json"
+    async with system:
+        if not await system.exists():
+            await system.create_container()
+        await system.upload_blob(record, b'{"count": 1}')
+        try:
+            sas = (await api.call("sasToken")).json()
+            account_url = sas["containerUrl"].rsplit("/", 1)[0]
+            async with httpx.AsyncClient() as http:
+                gallery_read = await http.get(f"{sas['containerUrl']}/gallery/probe.png?{sas['sasToken']}")
+                system_read = await http.get(f"{account_url}/{DEFAULT_SYSTEM_CONTAINER}/{record}?{sas['sasToken']}")
+                system_list = await http.get(
+                    f"{account_url}/{DEFAULT_SYSTEM_CONTAINER}?restype=container&comp=list&{sas['sasToken']}"
+                )
+        finally:
+            await system.delete_blob(record)
+    assert gallery_read.status_code == 200  # the token works: its scope is what stops it
+    assert (system_read.status_code, system_list.status_code) == (403, 403)
+    assert b"count" not in system_read.content

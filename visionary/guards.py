@@ -1,0 +1,224 @@
+"""Guards of generateImage: a daily cost cap and idempotent retries.
+
+Both keep small JSON records in a private system container (never reachable with
+the gallery's SAS, which is scoped to the gallery container) and change them only
+with ETag-conditional writes, so every Function instance sharing the storage
+account sees one consistent count and one owner per idempotency key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import AsyncIterator
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.storage.blob.aio import BlobClient, ContainerClient
+
+from visionary.errors import ApiError
+from visionary.storage import ensure_container
+
+MAX_KEY_CHARS = 200
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
+
+
+# -- ETag-conditional JSON records --------------------------------------------
+
+
+@dataclass(frozen=True)
+class Record:
+    data: dict | None  # None: no record yet
+    etag: str | None
+
+
+async def read_record(container: ContainerClient, blob: BlobClient) -> Record:
+    """The record and its ETag; creates the (private) system container on first use."""
+    try:
+        download = await blob.download_blob()
+    except ResourceNotFoundError as missing:
+        if missing.error_code == "ContainerNotFound":
+            await ensure_container(container)
+        return Record(None, None)
+    return Record(json.loads(await download.readall()), download.properties.etag)
+
+
+async def write_record(blob: BlobClient, data: dict, etag: str | None) -> bool:
+    """Write only if the record is still as read (etag), or still absent (None).
+
+    False when another writer got there first: the caller reads again.
+    """
+    body = json.dumps(data, separators=(",", ":"))
+    try:
+        if etag is None:
+            await blob.upload_blob(body, overwrite=False)
+        else:
+            await blob.upload_blob(body, overwrite=True, etag=etag, match_condition=MatchConditions.IfNotModified)
+    except (ResourceExistsError, ResourceModifiedError):
+        return False
+    return True
+
+
+async def _contention_pause(attempt: int) -> None:
+    # Random, growing pauses spread the writers of a busy record apart.
+    await asyncio.sleep(random.uniform(0, min(0.5, 0.01 * 2**attempt)))
+
+
+# -- the daily cost cap ---------------------------------------------------------
+
+
+class DailyCap:
+    """At most `cap` generations per UTC day, across every instance of the app."""
+
+    def __init__(
+        self,
+        container: ContainerClient,
+        cap: int,
+        timeout: float | None = None,
+        now: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.container = container
+        self.cap = cap
+        self.timeout = timeout  # for one change of the count, contention retries included
+        self.now = now or (lambda: datetime.now(timezone.utc))
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold one of today's slots; a generation that fails gives it back."""
+        day = await self._take()
+        try:
+            yield
+        except BaseException:
+            await self._add(day, -1)
+            raise
+
+    async def _take(self) -> str:
+        day = self.now().strftime("%Y-%m-%d")
+        if not await self._add(day, +1):
+            raise ApiError.rate_limited(
+                f"Today's limit of {self.cap} images is reached; try again after midnight UTC.",
+                self._seconds_to_midnight(),
+            )
+        return day
+
+    async def _add(self, day: str, step: int) -> bool:
+        """Move today's count by `step`; False (and no change) if that would pass the cap."""
+        blob = self.container.get_blob_client(f"cost-guard/{day}.json")
+        async with asyncio.timeout(self.timeout):
+            return await self._add_to(blob, step)
+
+    async def _add_to(self, blob: BlobClient, step: int) -> bool:
+        for attempt in range(100):
+            record = await read_record(self.container, blob)
+            count = (record.data or {}).get("count", 0)
+            if step > 0 and count + step > self.cap:
+                return False
+            if await write_record(blob, {"count": max(0, count + step)}, record.etag):
+                return True
+            await _contention_pause(attempt)
+        raise ApiError.storage_unavailable()
+
+    def _seconds_to_midnight(self) -> int:
+        now = self.now()
+        midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+        return max(1, int((midnight - now).total_seconds() + 0.999))
+
+
+# -- idempotency -------------------------------------------------------------
+
+
+def check_key(key: str | None) -> str | None:
+    """The Idempotency-Key header: 1..200 printable ASCII characters, or absent."""
+    if key is None:
+        return None
+    if not 1 <= len(key) <= MAX_KEY_CHARS or not all(" " <= ch <= "~" for ch in key):
+        raise ApiError.invalid_parameter(
+            f"Idempotency-Key must be 1 to {MAX_KEY_CHARS} printable ASCII characters."
+        )
+    return key
+
+
+class IdempotencyLedger:
+    """The first request with a key does the work; repeats within 24 h get its answer.
+
+    A marker blob per key is claimed create-only. While its owner works, repeats
+    wait (bounded) and then get 409 `in_progress`; a repeat with another request
+    body gets 409 `idempotency_conflict`. A failed first request removes its
+    marker, so the client's retry starts afresh; a marker whose owner vanished
+    (crashed) is taken over once it is older than `stale_after`.
+    """
+
+    def __init__(
+        self,
+        container: ContainerClient,
+        wait_seconds: float = 30.0,
+        stale_after: timedelta = timedelta(minutes=10),
+        poll_seconds: float = 0.25,
+        timeout: float | None = None,
+    ) -> None:
+        self.container = container
+        self.timeout = timeout  # for each round trip to the marker
+        self.wait_seconds = wait_seconds
+        self.stale_after = stale_after
+        self.poll_seconds = poll_seconds
+
+    async def once(self, key: str, fingerprint: str, work: Callable[[], Awaitable[dict]]) -> dict:
+        """The answer of `work` for this key: done now, or recorded by an earlier request."""
+        blob = self.container.get_blob_client(f"idempotency/{hashlib.sha256(key.encode()).hexdigest()}.json")
+        deadline = time.monotonic() + self.wait_seconds
+        while True:
+            async with asyncio.timeout(self.timeout):
+                record = await read_record(self.container, blob)
+            if self._claimable(record, fingerprint):
+                running = {"fingerprint": fingerprint, "state": "running", "since": _now_iso()}
+                async with asyncio.timeout(self.timeout):
+                    claimed = await write_record(blob, running, record.etag)
+                if claimed:
+                    return await self._work(blob, fingerprint, work)
+                continue  # someone else claimed it in between: look again
+            if record.data["state"] == "done":
+                return record.data["answer"]
+            if time.monotonic() >= deadline:
+                raise ApiError.in_progress()
+            await asyncio.sleep(self.poll_seconds)
+
+    def _claimable(self, record: Record, fingerprint: str) -> bool:
+        if record.data is None:
+            return True
+        age = datetime.now(timezone.utc) - datetime.fromisoformat(record.data["since"])
+        if record.data["state"] == "done" and age > IDEMPOTENCY_WINDOW:
+            return True
+        if record.data["state"] == "running" and age > self.stale_after:
+            return True
+        if record.data["fingerprint"] != fingerprint:
+            raise ApiError.idempotency_conflict()
+        return False
+
+    async def _work(self, blob: BlobClient, fingerprint: str, work: Callable[[], Awaitable[dict]]) -> dict:
+        try:
+            answer = await work()
+        except BaseException:
+            try:
+                await blob.delete_blob()
+            except ResourceNotFoundError:
+                pass
+            raise
+        done = {"fingerprint": fingerprint, "state": "done", "since": _now_iso(), "answer": answer}
+        async with asyncio.timeout(self.timeout):
+            await blob.upload_blob(json.dumps(done), overwrite=True)
+        return answer
+
+
+def fingerprint(*parts: str) -> str:
+    return hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat()

@@ -1,0 +1,229 @@
+"""Moving the Node version's blobs into the naming scheme (`python -m visionary migrate`).
+
+The Node version stored each picture at the container root as `{prompt}_{ts}.png`.
+Each one is copied to its scheme name `gallery/{inv}_{title}_{ts}.{ext}` with the
+Node timestamp (so the gallery keeps the order the pictures were drawn in), the copy
+is checked to hold the same bytes, and only then is the source deleted.
+
+Any step may be interrupted. The copy is create-only, so a later run that finds the
+target already there compares bytes: the same bytes mean an earlier run got that far,
+and the source is deleted (resumed); other bytes are a conflict, and the source stays.
+Blobs already under `gallery/` are neither listed nor moved, and nothing that is not a
+Node name holding a whole image is moved. The functions here print nothing: they return a `Report`, whose
+`lines()` are what the command prints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    AzureError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
+from azure.storage.blob import BlobProperties, ContentSettings
+from azure.storage.blob.aio import ContainerClient
+
+from visionary import naming
+from visionary.images import MAX_IMAGE_BYTES, image_type
+from visionary.storage import CACHE_CONTROL, encode_metadata
+
+
+class Action(Enum):
+    MOVED = "moved"
+    RESUMED = "resumed"  # the copy was already there: only the source was deleted
+    LEFT = "left"
+    CONFLICT = "conflict"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one blob (in a dry run: what would)."""
+
+    source: str
+    action: Action
+    target: str | None = None
+    reason: str | None = None  # why it was left, or what went wrong
+
+    def line(self, dry_run: bool = False) -> str:
+        source, target = _one_line(self.source), _one_line(self.target or "")
+        if self.action is Action.MOVED:
+            return f"{'would move' if dry_run else 'moved'}: {source} -> {target}"
+        if self.action is Action.RESUMED:
+            deleted = "the source would be deleted" if dry_run else "source deleted"
+            return f"already there: {source} -> {target} ({deleted})"
+        if self.action is Action.CONFLICT:
+            return f"conflict: {source} -> {target}: other bytes are already there; source left"
+        return f"{self.action.value}: {source}: {self.reason}"
+
+
+@dataclass
+class Report:
+    dry_run: bool
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def count(self, action: Action) -> int:
+        return sum(outcome.action is action for outcome in self.outcomes)
+
+    @property
+    def ok(self) -> bool:
+        """Nothing failed. Blobs left alone are expected; conflicts and errors need a person."""
+        return not (self.count(Action.CONFLICT) or self.count(Action.ERROR))
+
+    def summary(self) -> str:
+        counts = ", ".join(
+            f"{label} {self.count(action)}"
+            for label, action in (("moved", Action.MOVED), ("resumed", Action.RESUMED),
+                                  ("left", Action.LEFT), ("conflicts", Action.CONFLICT))
+        )
+        if errors := self.count(Action.ERROR):
+            counts += f", errors {errors}"
+        return f"dry run, nothing changed; a run would have: {counts}" if self.dry_run else counts
+
+    def lines(self) -> list[str]:
+        """One line a blob, then the summary: what `python -m visionary migrate` prints."""
+        return [outcome.line(self.dry_run) for outcome in self.outcomes] + [self.summary()]
+
+
+async def migrate(
+    container: ContainerClient,
+    dry_run: bool = False,
+    progress: Callable[[Outcome], None] | None = None,
+) -> Report:
+    """Move every Node blob of the container into the scheme, one at a time, in listing order.
+
+    One at a time keeps the outcome of every blob the same from run to run. `progress`
+    sees each outcome as it happens, so an operator watching a long run (or one
+    interrupted) knows how far it got. Storage that cannot be reached at all raises
+    (an `AzureError`); a failure on one blob is that blob's outcome, and the run goes on.
+    """
+    report = Report(dry_run)
+    async for blob in _outside_gallery(container):
+        outcome = await _migrate_blob(container, blob, dry_run)
+        report.outcomes.append(outcome)
+        if progress:
+            progress(outcome)
+    return report
+
+
+def describe(error: AzureError) -> str:
+    """A storage failure in a few words: its status and code, never a URL, key or message body."""
+    if isinstance(error, ResourceModifiedError):
+        return "it changed while it was being moved; run again"
+    if isinstance(error, HttpResponseError):
+        code = getattr(error.error_code, "value", error.error_code) or ""  # StorageErrorCode, or a str
+        return f"storage answered {error.status_code} {code}".rstrip()
+    return f"storage could not be reached ({type(error).__name__})"
+
+
+async def _outside_gallery(container: ContainerClient) -> AsyncIterator[BlobProperties]:
+    """Every blob not under `gallery/`, without listing the gallery itself.
+
+    Listing by `/` keeps the cost to the Node blobs, however large the gallery is.
+    The order is the listing's: on each page, the blobs in folders come first.
+    """
+    try:
+        async for item in container.walk_blobs(delimiter="/"):
+            if isinstance(item, BlobProperties):
+                yield item
+            elif item.name != naming.PREFIX:  # a folder: its blobs are reported, not moved
+                async for blob in container.list_blobs(name_starts_with=item.name):
+                    yield blob
+    except ResourceNotFoundError as error:
+        # No container: nothing to migrate. Only that: a client without the right to see a
+        # private container also hears 404 (ResourceNotFound), and must not report "moved 0".
+        if error.error_code != "ContainerNotFound":
+            raise
+
+
+async def _migrate_blob(container: ContainerClient, blob: BlobProperties, dry_run: bool) -> Outcome:
+    if "/" in blob.name:
+        return _left(blob.name, "in a folder; the Node version wrote only to the container root")
+    node = naming.parse_node_name(blob.name)
+    if node is None:
+        return _left(blob.name, "not a Node name ({prompt}_{milliseconds}.png)")
+    if blob.size > MAX_IMAGE_BYTES:
+        return _left(blob.name, f"{blob.size} bytes, too large for a picture")
+    try:
+        return await _move(container, blob.name, node, dry_run)
+    except HttpResponseError as error:
+        return Outcome(blob.name, Action.ERROR, reason=describe(error))
+
+
+async def _move(container: ContainerClient, source: str, node: naming.NodeName, dry_run: bool) -> Outcome:
+    downloaded = await container.download_blob(source)
+    data = await downloaded.readall()
+    content_type = image_type(data)
+    if content_type is None:
+        return _left(source, "not a whole PNG, JPEG or WebP image")
+    # The extension follows the real format, as it does for new pictures.
+    target = naming.name_for(node.prompt, node.ts, content_type)
+    there = await _fingerprint_at(container, target.blob)
+    copied = False
+    if there is None:
+        if dry_run:
+            return Outcome(source, Action.MOVED, target.blob)
+        copied = await _copy(container, target, data, node.prompt)
+        there = await _fingerprint_at(container, target.blob)
+    if there != _fingerprint(data):
+        if copied:
+            return Outcome(source, Action.ERROR, target.blob, f"the copy at {_one_line(target.blob)} "
+                           "does not hold the source's bytes; source left")
+        return Outcome(source, Action.CONFLICT, target.blob)
+    if not dry_run:
+        await _delete_source(container, source, downloaded.properties.etag)
+    return Outcome(source, Action.MOVED if copied else Action.RESUMED, target.blob)
+
+
+async def _copy(container: ContainerClient, target: naming.BlobName, data: bytes, prompt: str) -> bool:
+    """Create-only upload (If-None-Match: *). False when the name was taken meanwhile."""
+    settings = ContentSettings(content_type=target.content_type, cache_control=CACHE_CONTROL)
+    metadata = encode_metadata(prompt, None, None, target.created_at)  # the model is not known
+    try:
+        await container.upload_blob(
+            target.blob, data, overwrite=False, content_settings=settings, metadata=metadata
+        )
+    except ResourceExistsError:
+        return False
+    return True
+
+
+async def _delete_source(container: ContainerClient, source: str, etag: str) -> None:
+    """Delete the source only as it was copied: a blob rewritten since then is kept."""
+    try:
+        await container.delete_blob(source, etag=etag, match_condition=MatchConditions.IfNotModified)
+    except ResourceNotFoundError:
+        pass  # another run deleted it after making the same copy
+
+
+async def _fingerprint_at(container: ContainerClient, blob: str) -> tuple[int, str] | None:
+    """Size and MD5 of a blob's bytes as stored, read back; None when there is no such blob."""
+    try:
+        return _fingerprint(await (await container.download_blob(blob)).readall())
+    except ResourceNotFoundError:
+        return None
+
+
+def _fingerprint(data: bytes) -> tuple[int, str]:
+    return len(data), hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def _left(source: str, reason: str) -> Outcome:
+    return Outcome(source, Action.LEFT, reason=reason)
+
+
+def _one_line(name: str) -> str:
+    """A blob name on one line: a prompt can hold a newline or another control character."""
+    return "".join(
+        ch.encode("unicode_escape").decode("ascii") if unicodedata.category(ch) in ("Cc", "Zl", "Zp") else ch
+        for ch in name
+    )
