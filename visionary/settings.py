@@ -105,9 +105,7 @@ class Settings:
             models=_models(env),
             page_size=env.integer("VISIONARY_PAGE_SIZE", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE),
             max_prompt_chars=env.integer("VISIONARY_MAX_PROMPT_CHARS", DEFAULT_MAX_PROMPT_CHARS, 1, 32_000),
-            max_images_per_day=(
-                env.integer("VISIONARY_MAX_IMAGES_PER_DAY", 0, 0, 10**9) if env.text("VISIONARY_MAX_IMAGES_PER_DAY") else None
-            ),
+            max_images_per_day=env.optional_integer("VISIONARY_MAX_IMAGES_PER_DAY", 0, 10**9),
         )
         return _with_problems(settings, env.problems)
 
@@ -213,7 +211,11 @@ class _Reader:
     def integer(self, name: str, default: int, low: int, high: int) -> int:
         return int(self.number(name, default, low, high, whole=True))
 
-    def number(self, name: str, default: float, low: float, high: float, whole: bool = False) -> float:
+    def optional_integer(self, name: str, low: int, high: int) -> int | None:
+        """A whole number, or None when the setting is absent (or malformed: reported)."""
+        return self.number(name, None, low, high, whole=True)
+
+    def number(self, name: str, default: float | None, low: float, high: float, whole: bool = False) -> float | None:
         raw = self.text(name)
         if raw is None:
             return default
