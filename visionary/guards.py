@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -20,11 +21,13 @@ from datetime import datetime, timedelta, timezone
 from typing import AsyncIterator
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.storage.blob.aio import BlobClient, ContainerClient
 
 from visionary.errors import ApiError
 from visionary.storage import ensure_container
+
+log = logging.getLogger("visionary")
 
 MAX_KEY_CHARS = 200
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
@@ -211,8 +214,13 @@ class IdempotencyLedger:
                 pass
             raise
         done = {"fingerprint": fingerprint, "state": "done", "since": _now_iso(), "answer": answer}
-        async with asyncio.timeout(self.timeout):
-            await blob.upload_blob(json.dumps(done), overwrite=True)
+        try:
+            async with asyncio.timeout(self.timeout):
+                await blob.upload_blob(json.dumps(done), overwrite=True)
+        except (TimeoutError, AzureError):
+            # The picture is stored: answer with it. Until the marker goes stale, a
+            # repeat gets 409 in_progress rather than a second picture.
+            log.warning("idempotency marker not recorded as done; a repeat will wait for it to go stale")
         return answer
 
 
