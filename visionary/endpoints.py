@@ -21,7 +21,6 @@ from azure.core.exceptions import AzureError
 
 from visionary import naming
 from visionary.errors import ApiError
-from visionary.naming import BlobName
 from visionary.settings import MAX_PAGE_SIZE
 
 log = logging.getLogger("visionary")
@@ -62,7 +61,7 @@ def _cut_prompt(key: str, value: str) -> str:
     if key == "prompt":
         return value[:MAX_LOGGED_PROMPT]
     if key == "blob" and (name := naming.parse_gallery_name(value)):
-        return BlobName(name.title[:MAX_LOGGED_PROMPT], name.ts, name.ext).blob
+        return naming.BlobName(name.title[:MAX_LOGGED_PROMPT], name.ts, name.ext).blob
     return value
 
 
