@@ -1,4 +1,5 @@
 import logging
+import time
 
 import httpx
 import pytest
@@ -201,3 +202,16 @@ async def test_logs_never_carry_keys_or_signatures(api: Api, openai_env: OpenAIS
         assert secret not in text
     outcome = [r.getMessage() for r in caplog.records if r.getMessage().startswith("generateImage status=201")]
     assert outcome and "model=gpt-image-2" in outcome[0] and "blob=" in outcome[0]
+
+
+async def test_the_model_deadline_bounds_all_retries(api: Api, openai_env: OpenAIServer, container, monkeypatch):
+    # Azure's front end ends HTTP requests at 230 s: the app answers 504 before, whatever the retries.
+    monkeypatch.setenv("VISIONARY_MODEL_TIMEOUT_SECONDS", "5")
+    monkeypatch.setenv("VISIONARY_MODEL_MAX_RETRIES", "3")
+    monkeypatch.setenv("VISIONARY_MODEL_DEADLINE_SECONDS", "0.5")
+    openai_env.behaviour.error = "slow"
+    started = time.monotonic()
+    answer = await api.generate({"prompt": PROMPT})
+    assert answer.status == 504 and answer.json()["code"] == "upstream_timeout"
+    assert time.monotonic() - started < 2
+    assert await blobs_in(container) == []

@@ -23,6 +23,10 @@ def test_storage_sources_in_their_order():
     del everything["VISIONARY_STORAGE_ACCOUNT_URL"]
     assert storage(everything).connection_string == AZURITE
     assert storage({}) is None
+    # The Functions host's identity-based connection: keyless storage on the same account.
+    assert storage({"AzureWebJobsStorage__accountName": "hostacct"}).account_url == "https://hostacct.blob.core.windows.net"
+    uri = {"AzureWebJobsStorage__blobServiceUri": "https://hostacct.blob.core.windows.net/"}
+    assert storage(uri).account_url == "https://hostacct.blob.core.windows.net"
 
 
 def test_defaults_and_limits():

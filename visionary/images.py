@@ -57,14 +57,16 @@ def checked(data: bytes, model: str, revised_prompt: str | None) -> GeneratedIma
 class ModelImages:
     """Images from an OpenAI-protocol model. `model` is a model name, or on Azure a deployment."""
 
-    def __init__(self, client, model: str, downloads: httpx.AsyncClient) -> None:
+    def __init__(self, client, model: str, downloads: httpx.AsyncClient, deadline: float | None = None) -> None:
         self._client = client
         self._model = model
         self._downloads = downloads
+        self._deadline = deadline  # for the model call, all its retries included
 
     async def generate(self, prompt: str, size: str) -> GeneratedImage:
         response = await call_model(
-            lambda: self._client.images.generate(model=self._model, prompt=prompt, size=size, n=1)
+            lambda: self._client.images.generate(model=self._model, prompt=prompt, size=size, n=1),
+            self._deadline,
         )
         if not response.data:
             raise ApiError.upstream_error("The model service answered with no image.")

@@ -7,6 +7,7 @@ first use only (it pulls in openai), never when the app starts.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -61,15 +62,16 @@ def open_service(settings: ModelSettings) -> ModelService:
     return ModelService(openai.AsyncAzureOpenAI(azure_ad_token_provider=token_provider, **azure), credential)
 
 
-async def call_model(call: Callable[[], Awaitable[T]]) -> T:
-    """Run one SDK call, turning its failures into the API's errors.
+async def call_model(call: Callable[[], Awaitable[T]], deadline: float | None = None) -> T:
+    """Run one SDK call within `deadline` seconds, turning its failures into the API's errors.
 
     The SDK has already made its bounded retries (429, 5xx, timeouts) by the time
     an exception reaches here.
     """
     try:
-        return await call()
-    except openai.APITimeoutError:
+        async with asyncio.timeout(deadline):
+            return await call()
+    except (openai.APITimeoutError, TimeoutError):
         raise ApiError.upstream_timeout() from None
     except openai.RateLimitError as error:
         raise ApiError.rate_limited(

@@ -25,13 +25,16 @@ DEFAULT_SUGGESTION_MODEL = "gpt-5.4-mini"
 DEFAULT_IMAGE_SIZES = ("1024x1024", "1024x1536", "1536x1024")
 DEFAULT_STORAGE_TIMEOUT_SECONDS = 10.0
 DEFAULT_MODEL_TIMEOUT_SECONDS = 180.0  # a real image model can take a minute or more
+# Azure's front end ends an HTTP request after 230 s: answer 504 ourselves before that,
+# however many retries the SDK is still willing to make.
+DEFAULT_MODEL_DEADLINE_SECONDS = 220.0
 DEFAULT_AZURE_API_VERSION = "2025-04-01-preview"
 
 STORAGE_SETTINGS = (
     "VISIONARY_STORAGE_CONNECTION_STRING",
     "accountName + accountKey",
     "VISIONARY_STORAGE_ACCOUNT_URL",
-    "AzureWebJobsStorage",
+    "AzureWebJobsStorage (a connection string, or __accountName / __blobServiceUri)",
 )
 
 
@@ -77,8 +80,9 @@ class ModelSettings:
     api_version: str = DEFAULT_AZURE_API_VERSION
     image_deployment: str | None = None
     chat_deployment: str | None = None
-    timeout_seconds: float = DEFAULT_MODEL_TIMEOUT_SECONDS
+    timeout_seconds: float = DEFAULT_MODEL_TIMEOUT_SECONDS  # one attempt
     max_retries: int = 2
+    deadline_seconds: float = DEFAULT_MODEL_DEADLINE_SECONDS  # all attempts together
 
     def __repr__(self) -> str:  # keys stay out of logs
         return f"ModelSettings(provider={self.provider!r}, image_model={self.image_model!r})"
@@ -158,6 +162,11 @@ def _storage(env: _Reader) -> StorageSettings | None:
         return StorageSettings(account_url=account_url.rstrip("/"), **common)
     if connection_string := env.text("AzureWebJobsStorage"):
         return StorageSettings(connection_string=connection_string, **common)
+    # The Functions host's own identity-based storage connection, when it has one.
+    if service_uri := env.text("AzureWebJobsStorage__blobServiceUri"):
+        return StorageSettings(account_url=service_uri.rstrip("/"), **common)
+    if account := env.text("AzureWebJobsStorage__accountName"):
+        return StorageSettings(account_url=f"https://{account}.blob.core.windows.net", **common)
     return None
 
 
@@ -188,6 +197,9 @@ def _models(env: _Reader) -> ModelSettings:
         chat_deployment=env.text("AZURE_OPENAI_CHAT_DEPLOYMENT") or suggestion_model,
         timeout_seconds=env.number("VISIONARY_MODEL_TIMEOUT_SECONDS", DEFAULT_MODEL_TIMEOUT_SECONDS, 0.1, 900),
         max_retries=env.integer("VISIONARY_MODEL_MAX_RETRIES", 2, 0, 10),
+        deadline_seconds=env.number(
+            "VISIONARY_MODEL_DEADLINE_SECONDS", DEFAULT_MODEL_DEADLINE_SECONDS, 0.1, 3600
+        ),
     )
 
 

@@ -39,9 +39,10 @@ def clean(text: str) -> str:
 
 
 class ChatSuggestions:
-    def __init__(self, client, model: str) -> None:
+    def __init__(self, client, model: str, deadline: float | None = None) -> None:
         self._client = client
         self._model = model
+        self._deadline = deadline  # for the model call, all its retries included
 
     async def suggest(self) -> str:
         completion = await call_model(
@@ -52,7 +53,8 @@ class ChatSuggestions:
                     {"role": "user", "content": REQUEST},
                 ],
                 max_completion_tokens=MAX_COMPLETION_TOKENS,
-            )
+            ),
+            self._deadline,
         )
         text = clean(completion.choices[0].message.content or "") if completion.choices else ""
         if not text:
