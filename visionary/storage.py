@@ -103,10 +103,9 @@ class Gallery:
         self._cleanups: set[asyncio.Task] = set()
 
     @classmethod
-    def from_settings(cls, settings: StorageSettings, **transport: object) -> Gallery:
-        """The gallery of the settings; `transport` goes to the SDK client (connection_verify=...)."""
+    def from_settings(cls, settings: StorageSettings) -> Gallery:
         credential = _managed_identity() if settings.account_url else None
-        service = open_service_client(settings, credential, **transport)
+        service = open_service_client(settings, credential)
         container = service.get_container_client(settings.container)
         policy = SasPolicy(
             account_name=service.account_name,
@@ -263,7 +262,7 @@ def _managed_identity():
     return DefaultAzureCredential()
 
 
-def open_service_client(settings: StorageSettings, credential: object | None = None, **transport: object) -> BlobServiceClient:
+def open_service_client(settings: StorageSettings, credential: object | None = None) -> BlobServiceClient:
     # The storage SDK's default retries back off 15 s and more: an outage would hold
     # requests for minutes. Two quick retries, then the caller's deadline decides.
     # use_env_settings=False: aiohttp's trust_env would look for a .netrc file in a worker
@@ -274,7 +273,6 @@ def open_service_client(settings: StorageSettings, credential: object | None = N
         read_timeout=settings.timeout_seconds,
         retry_policy=LinearRetry(backoff=0.3, random_jitter_range=0.2, retry_total=2),
         use_env_settings=False,
-        **transport,
     )
     if settings.connection_string:
         try:
