@@ -69,3 +69,24 @@ async def test_a_stopped_storage_is_a_503_and_a_restarted_one_serves_again(api: 
     own_azurite.start()  # the same port, an empty in-memory store
     assert (await api.generate({"prompt": "after the restart"})).status == 201
     assert [i["prompt"] for i in (await api.get_images()).json()["imageUrls"]] == ["after the restart"]
+
+
+async def test_a_storage_outage_during_cleanup_keeps_the_requests_own_error(
+    api: Api, own_azurite: Azurite, model_server, monkeypatch
+):
+    # The cap's slot is taken, the model fails while storage is frozen: giving the slot back
+    # fails too, and the client still hears what really went wrong (the model), not storage.
+    monkeypatch.setenv("VISIONARY_PROVIDER", "openai")
+    monkeypatch.setenv("OPENAI_BASE_URL", f"{model_server.url}/v1")
+    monkeypatch.setenv("VISIONARY_MODEL_MAX_RETRIES", "0")
+    monkeypatch.setenv("VISIONARY_MAX_IMAGES_PER_DAY", "5")
+    model_server.behaviour.error = "content_policy"
+    model_server.behaviour.delay = 0.5
+    request = asyncio.create_task(api.generate({"prompt": "refused while storage is away"}))
+    await asyncio.sleep(0.3)  # the slot is taken; the model is thinking
+    os.kill(own_azurite.process.pid, signal.SIGSTOP)
+    try:
+        answer = await request
+    finally:
+        os.kill(own_azurite.process.pid, signal.SIGCONT)
+    assert answer.status == 400 and answer.json()["code"] == "content_policy_violation"

@@ -99,7 +99,7 @@ class DailyCap:
         try:
             yield
         except BaseException:
-            await self._add(day, -1)
+            await _best_effort(self._add(day, -1), "a failed generation's slot was not given back")
             raise
 
     async def _take(self) -> str:
@@ -208,10 +208,7 @@ class IdempotencyLedger:
         try:
             answer = await work()
         except BaseException:
-            try:
-                await blob.delete_blob()
-            except ResourceNotFoundError:
-                pass
+            await _best_effort(_delete(blob, self.timeout), "a failed request's idempotency marker stays until stale")
             raise
         done = {"fingerprint": fingerprint, "state": "done", "since": _now_iso(), "answer": answer}
         try:
@@ -222,6 +219,22 @@ class IdempotencyLedger:
             # repeat gets 409 in_progress rather than a second picture.
             log.warning("idempotency marker not recorded as done; a repeat will wait for it to go stale")
         return answer
+
+
+async def _delete(blob: BlobClient, timeout: float | None) -> None:
+    async with asyncio.timeout(timeout):
+        try:
+            await blob.delete_blob()
+        except ResourceNotFoundError:
+            pass
+
+
+async def _best_effort(cleanup: Awaitable[object], consequence: str) -> None:
+    """Clean up after a failed request without letting a storage failure replace its error."""
+    try:
+        await cleanup
+    except (TimeoutError, AzureError):
+        log.warning("storage failed during cleanup: %s", consequence)
 
 
 def fingerprint(*parts: str) -> str:
