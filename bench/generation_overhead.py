@@ -71,10 +71,12 @@ async def _overhead(azurite: Azurite, image: bytes) -> None:
     ours, floor, model = timings["ours"], timings["floor"], timings["model"]
     report(Figure("generateImage, 1.5 MB b64_json model answer", str(ours), f"bare upload {floor}",
                   ours.median / floor.median, 1.5, f"median of {RUNS}, interleaved"))
-    own = ours.median - floor.median - model.median
     report(Figure("  of which: the model's answer alone (same SDK client)", str(model), f"bare upload {floor}",
-                  model.median / floor.median, None,
-                  f"left for our own work (decode, check, name, sign): {own * 1000:.1f} ms"))
+                  model.median / floor.median, None, "2 MB of JSON through the openai SDK"))
+    both = model.median + floor.median
+    report(Figure("generateImage over the bare model call plus the bare upload", ms(ours.median),
+                  f"model {ms(model.median)} + upload {ms(floor.median)} = {ms(both)}", ours.median / both, None,
+                  f"ours beyond the two calls it cannot avoid: {(ours.median - both) * 1000:.1f} ms"))
 
 
 async def _peak_memory(env: dict[str, str]) -> None:

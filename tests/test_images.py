@@ -1,8 +1,11 @@
+import base64
 import io
 
+import pytest
 from PIL import Image
 
-from visionary.images import image_type
+from visionary.errors import ApiError
+from visionary.images import decode_base64, image_type
 from visionary.offline import draw
 
 
@@ -22,6 +25,29 @@ def test_anything_else_or_a_cut_image_is_refused():
     png = encoded("PNG")
     for data in (b"", b"<!doctype html><p>Sign in</p>", png[: len(png) // 2], encoded("WEBP")[:20], encoded("GIF")):
         assert image_type(data) is None
+
+
+def test_model_base64_decodes_to_the_picture():
+    png = encoded("PNG")
+    assert decode_base64(base64.b64encode(png).decode()) == png
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "iVBORw0KGgo",  # cut: no whole quantum
+        "iVBORw0KGgo=\n",  # a line break
+        " iVBORw0KGgo=",
+        "iVBORw0K-_go=",  # the URL-safe alphabet
+        "iVBORw0KGgo===",  # excess padding
+        "iVBORw0KGgo=AAAA",  # data after the padding
+        "iVBORw0KGgé=",  # not ASCII
+    ],
+)
+def test_anything_but_strict_base64_is_the_models_error(text: str):
+    with pytest.raises(ApiError) as raised:
+        decode_base64(text)
+    assert (raised.value.status, raised.value.code) == (502, "upstream_error")
 
 
 def test_the_offline_picture_is_a_deterministic_abstract_artwork():

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import httpx
+import pybase64
 
 from visionary.errors import ApiError
 from visionary.models import call_model
@@ -72,7 +73,7 @@ class ModelImages:
             raise ApiError.upstream_error("The model service answered with no image.")
         image = response.data[0]
         if image.b64_json:
-            data = _decode_base64(image.b64_json)
+            data = decode_base64(image.b64_json)
         elif image.url:
             data = await download(self._downloads, image.url)
         else:
@@ -80,11 +81,14 @@ class ModelImages:
         return checked(data, self._model, image.revised_prompt or None)
 
 
-def _decode_base64(text: str) -> bytes:
-    # binascii's strict mode checks the alphabet and padding in C; base64.b64decode's
-    # validate=True runs a regular expression over the megabytes first, several times slower.
+def decode_base64(text: str) -> bytes:
+    """The bytes of a model's `b64_json`; anything but strict standard base64 is the model's error.
+
+    pybase64 decodes with SIMD: a 1.5 MB picture takes 0.1 ms where binascii takes 4 ms,
+    time the event loop could not serve any other request (see README, Performance).
+    """
     try:
-        return binascii.a2b_base64(text, strict_mode=True)
+        return pybase64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise ApiError.upstream_error("The model service sent an image that is not valid base64.") from None
 
