@@ -71,6 +71,27 @@ class SasPolicy:
         now = now or datetime.now(timezone.utc)
         return now - CLOCK_SKEW, (now + self.ttl).replace(microsecond=0)
 
+    def read_sas(
+        self,
+        start: datetime,
+        expiry: datetime,
+        *,
+        account_key: str | None = None,
+        user_delegation_key: UserDelegationKey | None = None,
+    ) -> ReadSas:
+        """The read-only container SAS for the window, signed with one of the two keys."""
+        token = generate_container_sas(
+            self.account_name,
+            self.container,
+            account_key=account_key,
+            user_delegation_key=user_delegation_key,
+            permission=ContainerSasPermissions(read=True),
+            start=start,
+            expiry=expiry,
+            protocol=self.protocol,
+        )
+        return ReadSas(token, expiry, self.base_url)
+
 
 class AccountKeySigner:
     """Service SAS signed with the storage account key."""
@@ -86,18 +107,8 @@ class AccountKeySigner:
         self._account_key = account_key
 
     async def sign(self) -> ReadSas:
-        policy = self._policy
-        start, expiry = policy.window()
-        token = generate_container_sas(
-            policy.account_name,
-            policy.container,
-            account_key=self._account_key,
-            permission=ContainerSasPermissions(read=True),
-            start=start,
-            expiry=expiry,
-            protocol=policy.protocol,
-        )
-        return ReadSas(token, expiry, policy.base_url)
+        start, expiry = self._policy.window()
+        return self._policy.read_sas(start, expiry, account_key=self._account_key)
 
     def __repr__(self) -> str:
         return f"AccountKeySigner(account={self._policy.account_name!r})"
@@ -118,19 +129,9 @@ class UserDelegationSigner:
         self._lock = asyncio.Lock()
 
     async def sign(self) -> ReadSas:
-        policy = self._policy
-        start, expiry = policy.window()
+        start, expiry = self._policy.window()
         key = await self._delegation_key(needed_until=expiry)
-        token = generate_container_sas(
-            policy.account_name,
-            policy.container,
-            user_delegation_key=key,
-            permission=ContainerSasPermissions(read=True),
-            start=start,
-            expiry=expiry,
-            protocol=policy.protocol,
-        )
-        return ReadSas(token, expiry, policy.base_url)
+        return self._policy.read_sas(start, expiry, user_delegation_key=key)
 
     async def _delegation_key(self, needed_until: datetime) -> UserDelegationKey:
         async with self._lock:  # one fetch, however many requests need a key at once
