@@ -23,9 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 from tests.azurite import Azurite, free_port  # noqa: E402
 from tests.openai_server import OpenAIServer  # noqa: E402
-from tests.served import ServedApp  # noqa: E402
+from tests.served import ROOT_ENV, ServedApp  # noqa: E402
 
-APP_SETTINGS = ("VISIONARY_", "OPENAI_", "AZURE_OPENAI_", "accountName", "accountKey", "AzureWebJobsStorage")
 
 
 @dataclass
@@ -88,19 +87,14 @@ async def interleaved(calls: dict[str, Callable[[], Awaitable[object]]], runs: i
     return {name: Timings(values) for name, values in samples.items()}
 
 
-def clean_env(**settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(APP_SETTINGS)}
-    env.update(settings)
-    return env
-
-
 def app_env(azurite: Azurite, **settings: str) -> dict[str, str]:
     """Settings for an app process on Azurite, with a container of its own."""
-    return clean_env(
-        VISIONARY_STORAGE_CONNECTION_STRING=azurite.connection_string,
-        VISIONARY_CONTAINER=f"bench-{uuid.uuid4().hex[:12]}",
+    return {
+        **ROOT_ENV,
+        "VISIONARY_STORAGE_CONNECTION_STRING": azurite.connection_string,
+        "VISIONARY_CONTAINER": f"bench-{uuid.uuid4().hex[:12]}",
         **settings,
-    )
+    }
 
 
 def use_env(env: dict[str, str]) -> None:

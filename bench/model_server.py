@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.azurite import free_port, wait_until_listening  # noqa: E402
+from tests.azurite import free_port, stop_process, wait_until_listening  # noqa: E402
 from tests.openai_server import OpenAIServer  # noqa: E402
 
 
@@ -39,8 +39,7 @@ class ModelServerProcess:
         return cls(f"http://127.0.0.1:{port}", process)
 
     def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
+        stop_process(self.process)
 
 
 async def serve(port: int, image: bytes, delay: float) -> None:

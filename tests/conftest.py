@@ -19,20 +19,12 @@ from PIL import Image
 import function_app
 from tests.azurite import Azurite, free_port
 from tests.openai_server import OpenAIServer
-from tests.served import ServedApp
+from tests.served import APP_SETTINGS, ROOT_ENV, ServedApp
 from visionary.localhost import HostConfig, LocalHost
 from visionary import clients
 from visionary.settings import Settings
 from visionary.storage import Gallery
 
-# Settings the app reads; every test starts with none of them and sets its own.
-APP_SETTINGS = (
-    "VISIONARY_", "OPENAI_", "AZURE_OPENAI_", "accountName", "accountKey", "AzureWebJobsStorage",
-)
-
-
-# The environment of a child process: this machine's, less every app setting.
-ROOT_ENV = {name: value for name, value in os.environ.items() if not name.startswith(APP_SETTINGS)}
 
 
 @pytest.fixture(scope="session")
@@ -123,6 +115,13 @@ def azure_env(model_server: OpenAIServer, storage_env: Azurite, monkeypatch: pyt
     monkeypatch.setenv("VISIONARY_MODEL_TIMEOUT_SECONDS", "2")
     monkeypatch.setenv("VISIONARY_MODEL_MAX_RETRIES", "1")
     return model_server
+
+
+async def blob_names(container: ContainerClient, prefix: str | None = None) -> list[str]:
+    """What the container holds, seen behind the API's back (nothing while it does not exist)."""
+    if not await container.exists():
+        return []
+    return [blob.name async for blob in container.list_blobs(name_starts_with=prefix)]
 
 
 def png_bytes(seed: int = 0, size: int = 8) -> bytes:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -9,7 +10,12 @@ import tempfile
 from dataclasses import dataclass
 from typing import IO
 
-from tests.azurite import ROOT, wait_until_listening
+from tests.azurite import ROOT, stop_process, wait_until_listening
+
+# Settings the app reads: every test starts with none of them and sets its own.
+APP_SETTINGS = ("VISIONARY_", "OPENAI_", "AZURE_OPENAI_", "accountName", "accountKey", "AzureWebJobsStorage")
+# The environment of an app process: this machine's, less every app setting.
+ROOT_ENV = {name: value for name, value in os.environ.items() if not name.startswith(APP_SETTINGS)}
 
 
 @dataclass
@@ -30,11 +36,6 @@ class ServedApp:
 
     def stop(self) -> str:
         """Stop as Ctrl-C does; return what it printed."""
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, signal.SIGINT)
         self.output.seek(0)
         return self.output.read()

@@ -6,17 +6,11 @@ import pytest
 from azure.storage.blob.aio import ContainerClient
 
 from tests.azurite import KEY as ACCOUNT_KEY
-from tests.conftest import AZURE_KEY, OPENAI_KEY, Api, png_bytes
+from tests.conftest import AZURE_KEY, OPENAI_KEY, Api, blob_names, png_bytes
 from tests.openai_server import OpenAIServer
 from visionary.offline import draw
 
 PROMPT = "A lighthouse at dusk, oil painting"
-
-
-async def blobs_in(container: ContainerClient) -> list[str]:
-    if not await container.exists():
-        return []
-    return [blob.name async for blob in container.list_blobs()]
 
 
 async def fetch(url: str) -> httpx.Response:
@@ -96,7 +90,7 @@ async def test_no_model_service_is_a_503_naming_the_settings(api: Api, storage_e
     body = answer.json()
     assert body["code"] == "not_configured"
     assert all(name in body["error"] for name in ("OPENAI_API_KEY", "AZURE_OPENAI_ENDPOINT", "VISIONARY_PROVIDER"))
-    assert await blobs_in(container) == []
+    assert await blob_names(container) == []
 
 
 @pytest.mark.parametrize(
@@ -121,7 +115,7 @@ async def test_model_failures_map_to_errors_and_store_nothing(
     assert answer.status == status, answer.body
     assert answer.json()["code"] == code
     assert len(openai_env.model_calls()) == model_calls
-    assert await blobs_in(container) == []
+    assert await blob_names(container) == []
 
 
 async def test_a_model_429_passes_its_retry_after_on(api: Api, openai_env: OpenAIServer, container, monkeypatch):
@@ -131,7 +125,7 @@ async def test_a_model_429_passes_its_retry_after_on(api: Api, openai_env: OpenA
     assert answer.status == 429
     assert answer.headers["Retry-After"] == "7"
     assert answer.json()["code"] == "rate_limited"
-    assert await blobs_in(container) == []
+    assert await blob_names(container) == []
 
 
 async def test_storage_failure_after_drawing_is_a_503(api: Api, openai_env: OpenAIServer, monkeypatch):
@@ -171,7 +165,7 @@ async def test_bad_requests_are_rejected_before_any_model_call(
     assert answer.status == status
     assert answer.json()["code"] == code
     assert openai_env.model_calls() == []
-    assert await blobs_in(container) == []
+    assert await blob_names(container) == []
 
 
 async def test_the_prompt_limit_is_a_setting(api: Api, openai_env: OpenAIServer, monkeypatch):
@@ -214,4 +208,4 @@ async def test_the_model_deadline_bounds_all_retries(api: Api, openai_env: OpenA
     answer = await api.generate({"prompt": PROMPT})
     assert answer.status == 504 and answer.json()["code"] == "upstream_timeout"
     assert time.monotonic() - started < 2
-    assert await blobs_in(container) == []
+    assert await blob_names(container) == []

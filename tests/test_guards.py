@@ -7,17 +7,11 @@ import pytest
 from azure.storage.blob.aio import ContainerClient
 
 from tests.azurite import Azurite, free_port
-from tests.conftest import ROOT_ENV, Api
+from tests.conftest import ROOT_ENV, Api, blob_names
 from tests.openai_server import OpenAIServer
 from tests.served import ServedApp
 
 PROMPT = "A lighthouse at dusk, oil painting"
-
-
-async def gallery_blobs(container: ContainerClient) -> list[str]:
-    if not await container.exists():
-        return []
-    return [blob.name async for blob in container.list_blobs(name_starts_with="gallery/")]
 
 
 # -- the daily cap -----------------------------------------------------------
@@ -49,7 +43,7 @@ async def test_the_cap_holds_across_two_processes(azurite: Azurite, container: C
         if answer.status_code == 429:
             assert answer.json()["code"] == "rate_limited"
             assert 0 < int(answer.headers["retry-after"]) <= to_midnight.total_seconds() + 1
-    assert len(await gallery_blobs(container)) == 10
+    assert len(await blob_names(container, "gallery/")) == 10
 
 
 async def test_a_failed_generation_gives_its_slot_back(api: Api, openai_env: OpenAIServer, container, monkeypatch):
@@ -60,7 +54,7 @@ async def test_a_failed_generation_gives_its_slot_back(api: Api, openai_env: Ope
         assert (await api.generate({"prompt": PROMPT})).status == 400
     openai_env.behaviour.error = None
     assert [(await api.generate({"prompt": PROMPT})).status for _ in range(3)] == [201, 201, 429]
-    assert len(await gallery_blobs(container)) == 2
+    assert len(await blob_names(container, "gallery/")) == 2
 
 
 # -- idempotency -------------------------------------------------------------
@@ -80,7 +74,7 @@ async def test_a_repeat_gets_the_same_answer_without_a_second_model_call(api: Ap
     assert again.json()["blob"] == first.json()["blob"]
     assert again.json()["prompt"] == PROMPT and again.json()["url"].split("?")[0] == first.json()["url"].split("?")[0]
     assert len(keyed_env.model_calls()) == 1
-    assert len(await gallery_blobs(container)) == 1
+    assert len(await blob_names(container, "gallery/")) == 1
 
 
 async def test_concurrent_duplicates_make_one_model_call(api: Api, keyed_env: OpenAIServer, container):
@@ -90,7 +84,7 @@ async def test_concurrent_duplicates_make_one_model_call(api: Api, keyed_env: Op
     assert [a.status for a in answers] == [201] * 5
     assert len({a.json()["blob"] for a in answers}) == 1
     assert len(keyed_env.model_calls()) == 1
-    assert len(await gallery_blobs(container)) == 1
+    assert len(await blob_names(container, "gallery/")) == 1
 
 
 async def test_the_same_key_with_another_prompt_is_a_conflict(api: Api, keyed_env: OpenAIServer):
