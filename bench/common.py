@@ -22,7 +22,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.azurite import Azurite, free_port  # noqa: E402
-from tests.openai_server import OpenAIServer  # noqa: E402
 from tests.served import ROOT_ENV, ServedApp  # noqa: E402
 
 
@@ -60,17 +59,6 @@ class Timings:
 
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
-
-
-async def timed(call: Callable[[], Awaitable[object]], runs: int, warmup: int = 3) -> Timings:
-    for _ in range(warmup):
-        await call()
-    samples = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        await call()
-        samples.append(time.perf_counter() - started)
-    return Timings(samples)
 
 
 async def interleaved(calls: dict[str, Callable[[], Awaitable[object]]], runs: int, warmup: int = 3) -> dict[str, Timings]:
@@ -117,4 +105,4 @@ def run(main: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(main())
 
 
-__all__ = ["Azurite", "OpenAIServer", "ServedApp", "free_port"]
+__all__ = ["Azurite", "ServedApp", "free_port"]

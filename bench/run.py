@@ -7,6 +7,7 @@ shown as failed, and the others still run. Benchmarks, not tests: nothing here f
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -29,7 +30,7 @@ def main() -> int:
         rows.extend(results)
         print(f"  {script}: {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
     print(table(rows))
-    print(f"\n{platform.processor() or platform.machine()}, {_cpus()} CPUs, Python {platform.python_version()}")
+    print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
     return 0
 
 
@@ -44,12 +45,6 @@ def table(rows: list[dict]) -> str:
         if row.get("note"):
             lines.append(f"| | {row['note']} | | | | |")
     return "\n".join(lines)
-
-
-def _cpus() -> int:
-    import os
-
-    return os.cpu_count() or 0
 
 
 if __name__ == "__main__":
