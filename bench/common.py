@@ -10,6 +10,7 @@ import asyncio
 import io
 import json
 import os
+import random
 import statistics
 import sys
 import time
@@ -61,14 +62,21 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
 
 
-async def interleaved(calls: dict[str, Callable[[], Awaitable[object]]], runs: int, warmup: int = 3) -> dict[str, Timings]:
-    """Time several calls in turn, round after round, so drift on a noisy machine hits all alike."""
+async def interleaved(
+    calls: dict[str, Callable[[], Awaitable[object]]], runs: int, warmup: int = 3
+) -> dict[str, Timings]:
+    """Time several calls in turn, round after round, so drift on a noisy machine hits all alike.
+
+    Each round takes the calls in a new order: a call that leaves a server busy (Azurite
+    finishing its work after answering) must not always slow the same neighbour.
+    """
     for call in calls.values():
         for _ in range(warmup):
             await call()
     samples: dict[str, list[float]] = {name: [] for name in calls}
+    order = random.Random(runs)  # the same orders every run
     for _ in range(runs):
-        for name, call in calls.items():
+        for name, call in order.sample(list(calls.items()), len(calls)):
             started = time.perf_counter()
             await call()
             samples[name].append(time.perf_counter() - started)
