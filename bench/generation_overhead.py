@@ -99,7 +99,8 @@ async def _overhead(azurite: Azurite, model_url: str, image: bytes) -> None:
     report(Figure("generateImage, 1.5 MB b64_json model answer", str(ours), f"bare upload {floor}",
                   ours.median / floor.median, 1.5, f"median of {RUNS}, interleaved"))
     report(Figure("  floor on the openai SDK: its model call, then the bare upload", str(sdk),
-                  f"bare upload {floor}", sdk.median / floor.median, None, "the least any app on the SDK does"))
+                  f"bare upload {floor}", sdk.median / floor.median, None,
+                  "the least any app on the SDK does"))
     report(Figure("  floor without the SDK: aiohttp POST, json.loads, then the bare upload", str(http),
                   f"bare upload {floor}", http.median / floor.median, None, "no retries, no error mapping"))
     ours_alone = f"{(ours.median - sdk.median) * 1000:.1f} ms"
