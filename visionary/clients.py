@@ -63,8 +63,7 @@ class Clients:
 
         downloads = httpx.AsyncClient(timeout=DOWNLOAD_TIMEOUT, follow_redirects=True)
         self._closers.append(downloads.aclose)
-        model = models.image_deployment if models.provider == "azure" else models.image_model
-        return ModelImages(self._model_client, model, downloads, models.deadline_seconds)
+        return ModelImages(self._model_client, models.image_target, downloads, models.deadline_seconds)
 
     @cached_property
     def suggestions(self) -> SuggestionProvider:
@@ -75,8 +74,7 @@ class Clients:
             return OfflineSuggestions()
         from visionary.suggestions import ChatSuggestions
 
-        model = models.chat_deployment if models.provider == "azure" else models.suggestion_model
-        return ChatSuggestions(self._model_client, model, models.deadline_seconds)
+        return ChatSuggestions(self._model_client, models.chat_target, models.deadline_seconds)
 
     @cached_property
     def _model_client(self):

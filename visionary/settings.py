@@ -91,6 +91,20 @@ class ModelSettings:
     def default_size(self) -> str:
         return self.image_sizes[0]
 
+    @property
+    def image_target(self) -> str:
+        """What the SDK's `model=` names for images: on Azure OpenAI, the deployment."""
+        if self.provider == "azure" and self.image_deployment:
+            return self.image_deployment
+        return self.image_model
+
+    @property
+    def chat_target(self) -> str:
+        """What the SDK's `model=` names for suggestions: on Azure OpenAI, the deployment."""
+        if self.provider == "azure" and self.chat_deployment:
+            return self.chat_deployment
+        return self.suggestion_model
+
 
 @dataclass(frozen=True)
 class Settings:
