@@ -48,10 +48,11 @@ def test_auth_level():
 
 
 def test_the_model_named_to_the_sdk_is_the_deployment_on_azure():
-    openai = Settings.from_env({"OPENAI_API_KEY": "sk-test", "AZURE_OPENAI_IMAGE_DEPLOYMENT": "ignored"}).models
+    openai = Settings.from_env({"OPENAI_API_KEY": "sk", "AZURE_OPENAI_IMAGE_DEPLOYMENT": "ignored"}).models
     assert (openai.image_target, openai.chat_target) == (openai.image_model, openai.suggestion_model)
     azure = {"AZURE_OPENAI_ENDPOINT": "https://res.openai.azure.com", "AZURE_OPENAI_API_KEY": "k"}
-    named = Settings.from_env({**azure, "AZURE_OPENAI_IMAGE_DEPLOYMENT": "pics", "AZURE_OPENAI_CHAT_DEPLOYMENT": "chat"})
+    deployments = {"AZURE_OPENAI_IMAGE_DEPLOYMENT": "pics", "AZURE_OPENAI_CHAT_DEPLOYMENT": "chat"}
+    named = Settings.from_env({**azure, **deployments})
     assert (named.models.image_target, named.models.chat_target) == ("pics", "chat")
     unnamed = Settings.from_env(azure).models  # a deployment named after its model
     assert (unnamed.image_target, unnamed.chat_target) == (unnamed.image_model, unnamed.suggestion_model)
