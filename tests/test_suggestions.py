@@ -73,3 +73,10 @@ def test_clean_strips_wrapping_quotes_only():
     assert clean("\u00abBonjour\u00bb") == "Bonjour"
     assert clean('He said "hi"') == 'He said "hi"'
     assert clean('"') == '"'
+
+
+async def test_a_refused_suggestion_asks_no_one_to_rephrase(api: Api, openai_env: OpenAIServer):
+    openai_env.behaviour.error = "content_policy"
+    answer = await api.suggest()
+    assert answer.status == 502 and answer.json()["code"] == "upstream_error"
+    assert "rephrase" not in answer.json()["error"]

@@ -56,9 +56,8 @@ class ApiError(Exception):
         )
 
     @classmethod
-    def rate_limited(cls, message: str, retry_after_seconds: int | None) -> ApiError:
-        headers = {} if retry_after_seconds is None else {"Retry-After": str(max(1, retry_after_seconds))}
-        return cls(429, "rate_limited", message, headers)
+    def rate_limited(cls, message: str, retry_after_seconds: int) -> ApiError:
+        return cls(429, "rate_limited", message, {"Retry-After": str(max(1, retry_after_seconds))})
 
     @classmethod
     def upstream_error(cls, message: str = "The model service failed; try again in a moment.") -> ApiError:

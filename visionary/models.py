@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import math
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
 import openai
+from azure.core.exceptions import ClientAuthenticationError
 
 from visionary.errors import ApiError
 from visionary.settings import ModelSettings
@@ -21,6 +25,9 @@ from visionary.settings import ModelSettings
 log = logging.getLogger("visionary")
 
 AZURE_SCOPE = "https://cognitiveservices.azure.com/.default"
+# When a model's 429 names no usable wait, or an absurd one: what our callers are told.
+DEFAULT_RETRY_AFTER_SECONDS = 10
+MAX_RETRY_AFTER_SECONDS = 24 * 60 * 60
 T = TypeVar("T")
 
 
@@ -62,11 +69,16 @@ def open_service(settings: ModelSettings) -> ModelService:
     return ModelService(openai.AsyncAzureOpenAI(azure_ad_token_provider=token_provider, **azure), credential)
 
 
-async def call_model(call: Callable[[], Awaitable[T]], deadline: float | None = None) -> T:
+async def call_model(
+    call: Callable[[], Awaitable[T]],
+    deadline: float | None = None,
+    refused: Callable[[], ApiError] = ApiError.content_policy_violation,
+) -> T:
     """Run one SDK call within `deadline` seconds, turning its failures into the API's errors.
 
     The SDK has already made its bounded retries (429, 5xx, timeouts) by the time
-    an exception reaches here.
+    an exception reaches here. `refused` is the error for a content-policy refusal:
+    the caller knows whether its user wrote the prompt.
     """
     try:
         async with asyncio.timeout(deadline):
@@ -75,15 +87,22 @@ async def call_model(call: Callable[[], Awaitable[T]], deadline: float | None = 
         raise ApiError.upstream_timeout() from None
     except openai.RateLimitError as error:
         raise ApiError.rate_limited(
-            "The model service is rate limiting requests; try again later.",
-            _retry_after(error.response.headers.get("retry-after")),
+            "The model service is rate limiting requests; try again later.", retry_after(error.response.headers)
         ) from None
     except openai.BadRequestError as error:
         if _code(error) in ("content_policy_violation", "moderation_blocked", "content_filter"):
-            raise ApiError.content_policy_violation() from None
+            raise refused() from None
         raise _upstream(error) from None
     except openai.APIStatusError as error:
         raise _upstream(error) from None
+    except ClientAuthenticationError as error:
+        # Keyless Azure OpenAI: the app's identity got no token (none assigned, or the
+        # identity endpoint failed). An azure-core error, but not a storage outage.
+        log.warning("model sign-in failed: %s", type(error).__name__)
+        raise ApiError.upstream_error(
+            "The app could not sign in to Azure OpenAI with its managed identity; "
+            "check the identity and its Cognitive Services OpenAI User role, or set AZURE_OPENAI_API_KEY."
+        ) from None
     except (openai.APIConnectionError, openai.APIResponseValidationError, ValueError) as error:
         # ValueError: an answer that is not JSON at all.
         log.warning("model call failed: %s", type(error).__name__)
@@ -110,8 +129,23 @@ def _code(error: openai.APIStatusError) -> str | None:
     return None
 
 
-def _retry_after(value: str | None) -> int | None:
+def retry_after(headers: Mapping[str, str], now: datetime | None = None) -> int:
+    """Whole seconds to wait, from a 429's `retry-after-ms` or `retry-after` (seconds or an HTTP date).
+
+    Always an answer, between 1 s and a day: the API promises a Retry-After with every 429.
+    """
+    seconds: float | None = None
     try:
-        return max(1, round(float(value))) if value else None
-    except ValueError:
-        return None
+        if ms := headers.get("retry-after-ms"):
+            seconds = float(ms) / 1000
+        elif value := headers.get("retry-after"):
+            try:
+                seconds = float(value)
+            except ValueError:
+                when = parsedate_to_datetime(value)
+                seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
+    except (ValueError, TypeError):  # neither a number nor a date (or a date without a zone)
+        seconds = None
+    if seconds is None or not math.isfinite(seconds):
+        return DEFAULT_RETRY_AFTER_SECONDS
+    return min(max(1, math.ceil(seconds)), MAX_RETRY_AFTER_SECONDS)

@@ -55,6 +55,8 @@ class ChatSuggestions:
                 max_completion_tokens=MAX_COMPLETION_TOKENS,
             ),
             self._deadline,
+            # Our own request was refused, not the user's words: nothing for them to rephrase.
+            refused=lambda: ApiError.upstream_error("The chat model declined to suggest a prompt; try again."),
         )
         text = clean(completion.choices[0].message.content or "") if completion.choices else ""
         if not text:

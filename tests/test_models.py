@@ -1,0 +1,54 @@
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+
+import pytest
+
+from tests.conftest import Api, blob_names
+from tests.openai_server import OpenAIServer
+from visionary.models import DEFAULT_RETRY_AFTER_SECONDS, MAX_RETRY_AFTER_SECONDS, retry_after
+
+NOW = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        ({"retry-after": "7"}, 7),
+        ({"retry-after": "0.2"}, 1),
+        ({"retry-after-ms": "2500", "retry-after": "2"}, 3),  # OpenAI sends both; the finer wins
+        ({"retry-after": format_datetime(NOW + timedelta(minutes=2), usegmt=True)}, 120),
+        ({"retry-after": format_datetime(NOW - timedelta(minutes=2), usegmt=True)}, 1),
+        ({"retry-after": "1e9"}, MAX_RETRY_AFTER_SECONDS),
+        ({"retry-after": "inf"}, DEFAULT_RETRY_AFTER_SECONDS),
+        ({"retry-after": "nan"}, DEFAULT_RETRY_AFTER_SECONDS),
+        ({"retry-after": "soon"}, DEFAULT_RETRY_AFTER_SECONDS),
+        ({"retry-after": ""}, DEFAULT_RETRY_AFTER_SECONDS),
+        ({}, DEFAULT_RETRY_AFTER_SECONDS),
+    ],
+)
+def test_retry_after_is_whole_seconds_from_a_number_or_a_date(headers, seconds):
+    assert retry_after(headers, now=NOW) == seconds
+
+
+@pytest.mark.parametrize("header", ["inf", "Wed, 21 Oct 2099 07:28:00 GMT", "later"])
+async def test_every_model_429_answers_with_a_usable_retry_after(api: Api, openai_env: OpenAIServer, monkeypatch, header):
+    monkeypatch.setenv("VISIONARY_MODEL_MAX_RETRIES", "0")
+    openai_env.behaviour.error = "rate_limit"
+    openai_env.behaviour.retry_after = header
+    for answer in (await api.suggest(), await api.generate({"prompt": "A lighthouse"})):
+        assert answer.status == 429 and answer.json()["code"] == "rate_limited"
+        assert 1 <= int(answer.headers["Retry-After"]) <= MAX_RETRY_AFTER_SECONDS
+
+
+async def test_a_failed_azure_sign_in_is_the_model_services_error_not_storages(
+    api: Api, azure_env: OpenAIServer, container, monkeypatch
+):
+    monkeypatch.delenv("AZURE_OPENAI_API_KEY")
+    monkeypatch.setenv("IDENTITY_ENDPOINT", f"{azure_env.url}/msi/token")
+    monkeypatch.setenv("IDENTITY_HEADER", "not-the-header-the-identity-endpoint-wants")
+    for answer in (await api.suggest(), await api.generate({"prompt": "A lighthouse"})):
+        assert answer.status == 502, answer.body
+        assert answer.json()["code"] == "upstream_error"
+        assert "managed identity" in answer.json()["error"]
+    assert azure_env.model_calls() == []
+    assert await blob_names(container) == []
