@@ -8,19 +8,25 @@ through SSL_CERT_FILE. No account key is configured anywhere.
 """
 
 import asyncio
+import os
+import signal
 import ssl
 import uuid
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import parse_qs
 
 import httpx
 import pytest
+from azure.identity.aio import ManagedIdentityCredential
+from azure.storage.blob.aio import BlobServiceClient
 
-from tests.azurite import Azurite, free_port
+from tests.azurite import ACCOUNT, Azurite, free_port
 from tests.conftest import ROOT_ENV
 from tests.identity import self_signed_certificate
 from tests.openai_server import OpenAIServer
 from tests.served import ServedApp
+from visionary.sas import SasPolicy, UserDelegationSigner
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +99,27 @@ async def test_fifty_links_cost_one_delegation_key(keyless_app: ServedApp, oauth
         answers = await asyncio.gather(*[api.get("/api/sasToken") for _ in range(50)])
     assert [a.status_code for a in answers] == [200] * 50
     assert delegation_key_requests(oauth_azurite) - before == 1
+
+
+async def test_a_key_refresh_that_fails_is_tried_again_not_papered_over(
+    oauth_azurite: Azurite, tls, model_server: OpenAIServer, monkeypatch
+):
+    monkeypatch.setenv("IDENTITY_ENDPOINT", f"{model_server.url}/msi/token")
+    monkeypatch.setenv("IDENTITY_HEADER", model_server.identity_header)
+    now = datetime.now(timezone.utc)
+    policy = SasPolicy(ACCOUNT, "images", f"{oauth_azurite.blob_endpoint}/images", ttl=timedelta(minutes=30))
+    credential = ManagedIdentityCredential()
+    service = BlobServiceClient(oauth_azurite.blob_endpoint, credential, connection_verify=str(tls[0]))
+    async with credential, service:
+        signer = UserDelegationSigner(policy, service, clock=lambda: now)
+        await signer.sign()
+        now += timedelta(hours=2)  # the first key has expired
+        os.kill(oauth_azurite.process.pid, signal.SIGSTOP)  # and storage does not answer the refresh
+        try:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(1):
+                    await signer.sign()
+        finally:
+            os.kill(oauth_azurite.process.pid, signal.SIGCONT)
+        link = parse_qs((await signer.sign()).token)
+    assert link["ske"][0] >= link["se"][0]  # signed with a key that outlives the link

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Protocol
@@ -23,10 +24,14 @@ from visionary.errors import ApiError
 
 CLOCK_SKEW = timedelta(minutes=5)
 PERMISSIONS = "r"
-# A delegation key is fetched for an hour beyond the longest link it must sign, and
-# reused until five minutes before it expires.
+# A delegation key is fetched to last an hour beyond the link it first signs, and reused
+# for every later link that ends before it does, while more than five minutes remain.
 DELEGATION_KEY_SPARE = timedelta(hours=1)
 DELEGATION_KEY_MARGIN = timedelta(minutes=5)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -121,24 +126,30 @@ class UserDelegationSigner:
     Delegator role), so one key serves every link until it nears its expiry.
     """
 
-    def __init__(self, policy: SasPolicy, service: BlobServiceClient) -> None:
+    def __init__(
+        self, policy: SasPolicy, service: BlobServiceClient, clock: Callable[[], datetime] = _utc_now
+    ) -> None:
         self._policy = policy
         self._service = service
+        self._clock = clock
         self._key: UserDelegationKey | None = None
         self._key_expiry = datetime.min.replace(tzinfo=timezone.utc)
         self._lock = asyncio.Lock()
 
     async def sign(self) -> ReadSas:
-        start, expiry = self._policy.window()
+        start, expiry = self._policy.window(self._clock())
         key = await self._delegation_key(needed_until=expiry)
         return self._policy.read_sas(start, expiry, user_delegation_key=key)
 
     async def _delegation_key(self, needed_until: datetime) -> UserDelegationKey:
         async with self._lock:  # one fetch, however many requests need a key at once
-            now = datetime.now(timezone.utc)
+            now = self._clock()
             if self._key is None or now >= self._key_expiry - DELEGATION_KEY_MARGIN or needed_until > self._key_expiry:
-                self._key_expiry = (needed_until + DELEGATION_KEY_SPARE).replace(microsecond=0)
-                self._key = await self._service.get_user_delegation_key(now - CLOCK_SKEW, self._key_expiry)
+                expiry = (needed_until + DELEGATION_KEY_SPARE).replace(microsecond=0)
+                # Key and expiry change together, once storage has answered: a failed or
+                # cancelled fetch leaves the old pair, so the next link fetches again.
+                self._key = await self._service.get_user_delegation_key(now - CLOCK_SKEW, expiry)
+                self._key_expiry = expiry
             return self._key
 
     def __repr__(self) -> str:
