@@ -46,5 +46,5 @@ async def getChatGPTSuggestion(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="sasToken", methods=["GET"])
 @endpoint
 async def sasToken(req: func.HttpRequest) -> func.HttpResponse:
-    sas = await clients.current().gallery.signer.sign()
+    sas = await clients.current().gallery.sign()
     return json_response(sas.to_json())

@@ -1,14 +1,20 @@
 import logging
 import time
+from datetime import timedelta
 
 import httpx
 import pytest
+from azure.core.exceptions import ClientAuthenticationError
 from azure.storage.blob.aio import ContainerClient
 
 from tests.azurite import KEY as ACCOUNT_KEY
 from tests.conftest import AZURE_KEY, OPENAI_KEY, Api, blob_names, png_bytes
 from tests.openai_server import OpenAIServer
+from visionary import clients
+from visionary.generation import ImageRequest, generate_image
 from visionary.offline import draw
+from visionary.sas import SasPolicy, UserDelegationSigner
+from visionary.storage import Gallery
 
 PROMPT = "A lighthouse at dusk, oil painting"
 
@@ -137,6 +143,20 @@ async def test_storage_failure_after_drawing_is_a_503(api: Api, openai_env: Open
     answer = await api.generate({"prompt": PROMPT})
     assert answer.status == 503
     assert answer.json()["code"] == "storage_unavailable"
+
+
+async def test_a_link_storage_will_not_sign_fails_before_the_model_is_paid(
+    openai_env: OpenAIServer, gallery: Gallery, container: ContainerClient
+):
+    # A delegation key needs a token; storage refuses a shared-key request for one (403),
+    # as it refuses an identity without the Storage Blob Delegator role.
+    policy = SasPolicy("devstoreaccount1", container.container_name, container.url, timedelta(minutes=30))
+    gallery.signer = UserDelegationSigner(policy, gallery.service)
+    app = clients.current()
+    with pytest.raises(ClientAuthenticationError):
+        await generate_image(ImageRequest(PROMPT, "1024x1024"), app.images, gallery, app.guards)
+    assert openai_env.model_calls() == []
+    assert await blob_names(container) == []
 
 
 @pytest.mark.parametrize(

@@ -1,8 +1,8 @@
 """generateImage: validate the request, draw, check, store.
 
-The order matters: everything that can fail cheaply (the request) or
-expensively (the model) happens before the single create-only upload, so a
-failed generation writes no blob.
+The order matters: everything that can fail cheaply (the request, signing the
+link) or expensively (the model) happens before the single create-only upload,
+so a failed generation writes no blob.
 """
 
 from __future__ import annotations
@@ -91,6 +91,9 @@ async def generate_image(
 ) -> CreatedImage:
     """Draw and store one picture; with a key, at most once per key (a repeat gets the first answer)."""
     note(prompt=request.prompt)
+    # The link is signed first: a delegation key storage refuses must fail the request before
+    # the model is paid and anything is stored. Its lifetime counts from here.
+    sas = await gallery.sign()
 
     async def draw_and_store() -> dict:
         async with guards.cap.slot() if guards.cap else nullcontext():
@@ -107,4 +110,4 @@ async def generate_image(
         record = await guards.ledger.once(idempotency_key, fingerprint(request.prompt, request.size), draw_and_store)
     stored = StoredImage.from_record(record)
     note(blob=stored.name.blob)
-    return CreatedImage(stored, await gallery.signer.sign())
+    return CreatedImage(stored, sas)

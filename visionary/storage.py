@@ -222,6 +222,11 @@ class Gallery:
     async def ensure_container(self) -> None:
         await ensure_container(self.container)
 
+    async def sign(self) -> ReadSas:
+        """A read link for the gallery, within the storage deadline (fetching a delegation key is a storage call)."""
+        async with asyncio.timeout(self.timeout):
+            return await self.signer.sign()
+
     async def page(self, limit: int, cursor: str | None) -> Page:
         """One page of the gallery, newest first, in a single List Blobs call."""
         token = decode_cursor(cursor) if cursor else None
