@@ -1,3 +1,4 @@
+import base64
 from datetime import datetime, timedelta, timezone
 from urllib.parse import unquote
 
@@ -61,7 +62,8 @@ async def test_no_container_is_an_empty_page(gallery: Gallery):
 
 def test_cursors_are_ours_or_rejected():
     assert decode_cursor(encode_cursor("gallery/123_x_1.png")) == "gallery/123_x_1.png"
-    for cursor in ["gallery/123_x_1.png", "e30", "W10", "eyJ2IjoyLCJ0b2tlbiI6IngifQ", "!!!", "a" * 5000]:
+    nested = base64.urlsafe_b64encode(b"[" * 2000).decode()  # deeper than json.loads recurses
+    for cursor in ["gallery/123_x_1.png", "e30", "W10", "eyJ2IjoyLCJ0b2tlbiI6IngifQ", "!!!", "a" * 5000, nested]:
         with pytest.raises(ApiError) as caught:
             decode_cursor(cursor)
         assert caught.value.code == "invalid_parameter"

@@ -374,7 +374,7 @@ def decode_cursor(cursor: str) -> str:
             raise ValueError("not ours")
         if not token or any(unicodedata.category(ch) in ("Cc", "Cs") for ch in token):
             raise ValueError("not a token storage would accept")
-    except (binascii.Error, ValueError, TypeError, KeyError):
+    except (binascii.Error, ValueError, TypeError, KeyError, RecursionError):  # Recursion: "[[[[..."
         raise _invalid_cursor() from None
     return payload["token"]
 
