@@ -1,3 +1,4 @@
+import gzip
 import json
 
 import azure.functions as func
@@ -45,6 +46,18 @@ async def test_the_body_cap_is_a_413_json(http: httpx.AsyncClient):
     answer = await http.post("/api/generateImage", content=b"x" * (5 * 1024 * 1024))
     assert answer.status_code == 413
     assert answer.json()["code"] == "payload_too_large"
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br"])
+async def test_a_compressed_body_is_passed_on_as_sent_and_answered_in_json(
+    http: httpx.AsyncClient, storage_env, monkeypatch, encoding
+):
+    monkeypatch.setenv("VISIONARY_PROVIDER", "offline")
+    # As on Azure: the Functions host does not inflate request bodies, so this is not JSON.
+    body = gzip.compress(b'{"prompt": "A lighthouse"}')
+    answer = await http.post("/api/generateImage", content=body, headers={"Content-Encoding": encoding})
+    assert answer.status_code == 400
+    assert answer.json()["code"] == "invalid_json"
 
 
 async def test_cors_star_answers_preflight_and_requests(http: httpx.AsyncClient, storage_env):

@@ -33,7 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 MAX_BODY_BYTES = 4 * 1024 * 1024
 # aiohttp refuses request lines and header values over 8 KB itself, in plain text, before
 # any handler runs; these limits let the app answer long cursors and keys with its JSON errors.
-HANDLER_ARGS = {"max_line_size": 64 * 1024, "max_field_size": 64 * 1024}
+# Bodies reach the handler as sent, Content-Encoding and all, as the Functions host passes them
+# (aiohttp would inflate gzip and answer a broken or brotli body with a plain-text error).
+HANDLER_ARGS = {"max_line_size": 64 * 1024, "max_field_size": 64 * 1024, "auto_decompress": False}
 STATIC_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".png": "image/png",
                 ".svg": "image/svg+xml", ".yaml": "application/yaml", ".ico": "image/x-icon"}
 
