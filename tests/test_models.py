@@ -38,6 +38,7 @@ async def test_every_model_429_answers_with_a_usable_retry_after(api: Api, opena
     for answer in (await api.suggest(), await api.generate({"prompt": "A lighthouse"})):
         assert answer.status == 429 and answer.json()["code"] == "rate_limited"
         assert 1 <= int(answer.headers["Retry-After"]) <= MAX_RETRY_AFTER_SECONDS
+        assert answer.headers["Access-Control-Expose-Headers"] == "Retry-After"  # readable cross-origin
 
 
 async def test_a_failed_azure_sign_in_is_the_model_services_error_not_storages(

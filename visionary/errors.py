@@ -57,7 +57,9 @@ class ApiError(Exception):
 
     @classmethod
     def rate_limited(cls, message: str, retry_after_seconds: int) -> ApiError:
-        return cls(429, "rate_limited", message, {"Retry-After": str(max(1, retry_after_seconds))})
+        # Script on another origin may read only the headers CORS exposes.
+        headers = {"Retry-After": str(max(1, retry_after_seconds)), "Access-Control-Expose-Headers": "Retry-After"}
+        return cls(429, "rate_limited", message, headers)
 
     @classmethod
     def upstream_error(cls, message: str = "The model service failed; try again in a moment.") -> ApiError:
