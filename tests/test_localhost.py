@@ -5,7 +5,9 @@ import azure.functions as func
 import httpx
 import pytest
 
+from tests.azurite import Azurite, free_port
 from tests.conftest import start_local_host
+from tests.served import ROOT_ENV, ServedApp
 from visionary.localhost import HostConfig, LocalHost, routes_of
 
 
@@ -121,3 +123,17 @@ def test_a_fifth_trigger_appears_by_itself():
     assert route.methods == ("DELETE",)
     assert route.match("/API/Images/abc") == {"id": "abc"}
     assert route.match("/api/images") is None
+
+
+async def test_serve_reports_a_mistyped_provider_instead_of_drawing_offline(azurite: Azurite):
+    env = {**ROOT_ENV, "VISIONARY_STORAGE_CONNECTION_STRING": azurite.connection_string,
+           "VISIONARY_PROVIDER": "opneai"}
+    served = ServedApp.start(free_port(), env)
+    try:
+        async with httpx.AsyncClient(base_url=served.url) as http:
+            answer = await http.get("/api/getChatGPTSuggestion")
+    finally:
+        output = served.stop()
+    assert answer.status_code == 503 and answer.json()["code"] == "not_configured"
+    assert "VISIONARY_PROVIDER" in answer.json()["error"]
+    assert "Setting to fix: VISIONARY_PROVIDER" in output and "OFFLINE" not in output

@@ -55,7 +55,12 @@ def serve_app(host: str, port: int) -> int:
         return 1
     config = HostConfig.load()
     config.apply_values()
-    if Settings.from_env().models.provider is None:
+    settings = Settings.from_env()
+    for problem in settings.problems:  # requests that need the setting answer 503 not_configured
+        print(f"  Setting to fix: {problem}", file=sys.stderr, flush=True)
+    # Offline only when no model service is named at all: a mistyped VISIONARY_PROVIDER is
+    # reported (above, and by every request that needs it), not quietly replaced.
+    if settings.models.provider is None and not os.environ.get("VISIONARY_PROVIDER", "").strip():
         os.environ["VISIONARY_PROVIDER"] = "offline"
         print(
             "\n  No model service is configured: pictures are drawn by the OFFLINE provider.\n"
