@@ -34,7 +34,7 @@ clean:
 
 run: install
 	test -f local.settings.json || cp local.settings.example.json local.settings.json
-	$(PY) -m visionary run
+	$(PY) -m visionary run $(ARGS)
 
 bench: install
 	$(PY) bench/run.py

@@ -1,6 +1,9 @@
+import base64
+
 import httpx
 import pytest
 
+from tests.azurite import KEY, Azurite
 from tests.conftest import Api, png_bytes
 from visionary.storage import Gallery
 
@@ -120,3 +123,14 @@ async def test_unreachable_storage_is_a_503_without_details(api: Api, monkeypatc
     assert answer.status == 503
     assert answer.json()["code"] == "storage_unavailable"
     assert "a2V5" not in answer.text
+
+
+async def test_a_refused_storage_request_is_logged_with_its_status_and_code(
+    api: Api, azurite: Azurite, monkeypatch, caplog
+):
+    wrong_key = base64.b64encode(b"not the account key").decode()
+    monkeypatch.setenv("VISIONARY_STORAGE_CONNECTION_STRING", azurite.connection_string.replace(KEY, wrong_key))
+    answer = await api.get_images()
+    assert answer.status == 503 and answer.json()["code"] == "storage_unavailable"
+    [line] = [r.getMessage() for r in caplog.records if r.name == "visionary" and "storage" in r.getMessage()]
+    assert line == "getImages: storage answered 403 AuthorizationFailure"

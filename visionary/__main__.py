@@ -81,10 +81,13 @@ def serve_app(host: str, port: int) -> int:
 
 def run_stack(host: str, port: int) -> int:
     """Azurite with its data under .azurite/ (the gallery survives a restart), then the host."""
-    for taken in (_taken("127.0.0.1", AZURITE_PORT), _taken(host, port)):
-        if taken:
-            print(taken, file=sys.stderr)
-            return 1
+    if _taken("127.0.0.1", AZURITE_PORT):
+        print(f"Port {AZURITE_PORT}, Azurite's, is already in use. If an Azurite is running there, serve the app "
+              "alone against it: .venv/bin/python -m visionary serve", file=sys.stderr)
+        return 1
+    if taken := _taken(host, port):
+        print(taken, file=sys.stderr)
+        return 1
     azurite = subprocess.Popen(
         [str(ROOT / "node_modules" / ".bin" / "azurite-blob"), "--location", str(ROOT / ".azurite"),
          "--blobHost", "127.0.0.1", "--blobPort", str(AZURITE_PORT), "--skipApiVersionCheck",
@@ -155,7 +158,8 @@ def _taken(host: str, port: int) -> str | None:
         try:
             probe.bind((host, port))
         except OSError:
-            return f"Port {port} on {host} is already in use: stop what is using it, or choose another port."
+            return (f"Port {port} on {host} is already in use: stop what is using it, or choose another port "
+                    f"(make run ARGS='--port {port + 1}', or --port with python -m visionary).")
     return None
 
 

@@ -22,6 +22,7 @@ from azure.core.exceptions import AzureError
 from visionary import naming
 from visionary.errors import ApiError
 from visionary.settings import MAX_PAGE_SIZE
+from visionary.storage import describe_failure
 
 log = logging.getLogger("visionary")
 
@@ -76,7 +77,7 @@ def endpoint(handler: Handler) -> Handler:
         except ApiError as error:
             response = error_response(error)
         except (AzureError, TimeoutError) as error:
-            log.warning("%s: storage failed: %s", handler.__name__, type(error).__name__)
+            log.warning("%s: %s", handler.__name__, describe_failure(error))
             response = error_response(ApiError.storage_unavailable())
         except Exception:
             log.exception("%s: unexpected failure", handler.__name__)

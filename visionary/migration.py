@@ -34,7 +34,7 @@ from azure.storage.blob.aio import ContainerClient
 
 from visionary import naming
 from visionary.images import MAX_IMAGE_BYTES, image_type
-from visionary.storage import CACHE_CONTROL, encode_metadata
+from visionary.storage import CACHE_CONTROL, describe_failure, encode_metadata
 
 
 class Action(Enum):
@@ -119,10 +119,7 @@ def describe(error: AzureError) -> str:
     """A storage failure in a few words: its status and code, never a URL, key or message body."""
     if isinstance(error, ResourceModifiedError):
         return "it changed while it was being moved; run again"
-    if isinstance(error, HttpResponseError):
-        code = getattr(error.error_code, "value", error.error_code) or ""  # StorageErrorCode, or a str
-        return f"storage answered {error.status_code} {code}".rstrip()
-    return f"storage could not be reached ({type(error).__name__})"
+    return describe_failure(error)
 
 
 async def _outside_gallery(container: ContainerClient) -> AsyncIterator[BlobProperties]:

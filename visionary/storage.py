@@ -345,6 +345,20 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def describe_failure(error: BaseException) -> str:
+    """A storage failure in a few words for a log line: status and code, never a URL, key or body.
+
+    On Azure the common keyless mistakes (a missing role: 403 AuthorizationPermissionMismatch;
+    shared keys turned off: 403 KeyBasedAuthenticationNotPermitted) differ only by code.
+    """
+    if isinstance(error, HttpResponseError) and error.status_code:
+        code = getattr(error.error_code, "value", error.error_code) or ""  # StorageErrorCode, or a str
+        return f"storage answered {error.status_code} {code}".rstrip()
+    if isinstance(error, TimeoutError):
+        return "storage did not answer within the deadline"
+    return f"storage could not be reached ({type(error).__name__})"
+
+
 # -- cursors ---------------------------------------------------------------
 
 _CURSOR_VERSION = 1
