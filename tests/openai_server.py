@@ -71,6 +71,7 @@ class Behaviour:
     revised_prompt: str | None = None
     error: str | None = None  # a key of IMAGE_ERRORS, or: slow, malformed_json, truncated_b64, html_url
     delay: float = 0.0  # seconds before every model answer
+    file_delay: float = 0.0  # seconds before a picture behind a URL answer is served
     retry_after: str = "7"
     suggestion: str = '"A lighthouse on a cliff at dusk, impressionism, oil painting"'
 
@@ -201,6 +202,7 @@ class OpenAIServer:
 
     async def _file(self, request: web.Request) -> web.StreamResponse:
         await self._record(request)
+        await asyncio.sleep(self.behaviour.file_delay)
         if request.match_info["name"].endswith(".html"):
             return web.Response(text="<!doctype html><title>Sign in</title>", content_type="text/html")
         return web.Response(body=self.behaviour.image, content_type="image/png")

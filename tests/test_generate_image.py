@@ -229,3 +229,16 @@ async def test_the_model_deadline_bounds_all_retries(api: Api, openai_env: OpenA
     assert answer.status == 504 and answer.json()["code"] == "upstream_timeout"
     assert time.monotonic() - started < 2
     assert await blob_names(container) == []
+
+
+async def test_the_model_deadline_covers_downloading_a_url_answer(
+    api: Api, openai_env: OpenAIServer, container, monkeypatch
+):
+    monkeypatch.setenv("VISIONARY_MODEL_DEADLINE_SECONDS", "0.5")
+    openai_env.behaviour.shape = "url"
+    openai_env.behaviour.file_delay = 10  # a link that answers slower than any deadline
+    started = time.monotonic()
+    answer = await api.generate({"prompt": PROMPT})
+    assert answer.status == 504 and answer.json()["code"] == "upstream_timeout"
+    assert time.monotonic() - started < 2
+    assert await blob_names(container) == []

@@ -10,6 +10,7 @@ image of a type we store before anyone stores them.
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 from dataclasses import dataclass
 from typing import Protocol
@@ -62,12 +63,19 @@ class ModelImages:
         self._client = client
         self._model = model
         self._downloads = downloads
-        self._deadline = deadline  # for the model call, all its retries included
+        self._deadline = deadline  # for the model call with all its retries, and a download
 
     async def generate(self, prompt: str, size: str) -> GeneratedImage:
+        """The picture, within the deadline: the model call, its retries and a download together."""
+        try:
+            async with asyncio.timeout(self._deadline):
+                return await self._draw(prompt, size)
+        except TimeoutError:
+            raise ApiError.upstream_timeout() from None
+
+    async def _draw(self, prompt: str, size: str) -> GeneratedImage:
         response = await call_model(
-            lambda: self._client.images.generate(model=self._model, prompt=prompt, size=size, n=1),
-            self._deadline,
+            lambda: self._client.images.generate(model=self._model, prompt=prompt, size=size, n=1)
         )
         if not response.data:
             raise ApiError.upstream_error("The model service answered with no image.")
