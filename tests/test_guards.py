@@ -1,10 +1,14 @@
 import asyncio
+import json
+import os
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
-from azure.storage.blob.aio import ContainerClient
+from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 
 from tests.azurite import Azurite, free_port
 from tests.conftest import ROOT_ENV, Api, blob_names
@@ -12,6 +16,13 @@ from tests.openai_server import OpenAIServer
 from tests.served import ServedApp
 
 PROMPT = "A lighthouse at dusk, oil painting"
+
+
+@asynccontextmanager
+async def system_container(azurite: Azurite, name: str) -> AsyncIterator[ContainerClient]:
+    """The app's bookkeeping container, looked at from behind its back."""
+    async with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
+        yield service.get_container_client(name)
 
 
 # -- the daily cap -----------------------------------------------------------
@@ -55,6 +66,22 @@ async def test_a_failed_generation_gives_its_slot_back(api: Api, openai_env: Ope
     openai_env.behaviour.error = None
     assert [(await api.generate({"prompt": PROMPT})).status for _ in range(3)] == [201, 201, 429]
     assert len(await blob_names(container, "gallery/")) == 2
+
+
+async def test_a_count_edited_by_hand_is_replaced_not_a_500(
+    api: Api, openai_env: OpenAIServer, azurite: Azurite, monkeypatch, caplog
+):
+    system = f"system-{uuid.uuid4().hex[:12]}"
+    monkeypatch.setenv("VISIONARY_MAX_IMAGES_PER_DAY", "5")
+    monkeypatch.setenv("VISIONARY_SYSTEM_CONTAINER", system)
+    assert (await api.generate({"prompt": PROMPT})).status == 201  # the day's record exists
+    async with system_container(azurite, system) as records:
+        [day] = await blob_names(records, "cost-guard/")
+        for garbage in (b"not json", b'{"count": "three"}', b"[]"):
+            await records.upload_blob(day, garbage, overwrite=True)
+            assert (await api.generate({"prompt": PROMPT})).status == 201
+            assert json.loads(await (await records.download_blob(day)).readall()) == {"count": 1}
+    assert "is not a record this app wrote" in caplog.text
 
 
 # -- idempotency -------------------------------------------------------------
@@ -115,6 +142,19 @@ async def test_a_slow_first_request_makes_a_repeat_wait_then_409(api: Api, keyed
     repeat = await api.generate({"prompt": PROMPT}, headers=key)
     assert repeat.status == 409 and repeat.json()["code"] == "in_progress"
     assert (await first).status == 201
+
+
+async def test_a_marker_edited_by_hand_is_replaced_not_a_500(api: Api, keyed_env: OpenAIServer, azurite: Azurite):
+    key = {"Idempotency-Key": "order-43"}
+    first = await api.generate({"prompt": PROMPT}, headers=key)
+    async with system_container(azurite, os.environ["VISIONARY_SYSTEM_CONTAINER"]) as records:
+        [marker] = await blob_names(records, "idempotency/")
+        await records.upload_blob(marker, b'{"state": "done"}', overwrite=True)
+    second = await api.generate({"prompt": PROMPT}, headers=key)
+    assert (first.status, second.status) == (201, 201)
+    assert second.json()["blob"] != first.json()["blob"]  # the first answer was lost with its record
+    third = await api.generate({"prompt": PROMPT}, headers=key)
+    assert third.json()["blob"] == second.json()["blob"]  # the replaced marker works as before
 
 
 @pytest.mark.parametrize("key", ["", "k" * 201, "line\nbreak", "caf\u00e9"])

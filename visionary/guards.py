@@ -38,19 +38,30 @@ IDEMPOTENCY_WINDOW = timedelta(hours=24)
 
 @dataclass(frozen=True)
 class Record:
-    data: dict | None  # None: no record yet
+    data: dict | None  # None: no record yet, or none this app can read
     etag: str | None
 
 
-async def read_record(container: ContainerClient, blob: BlobClient) -> Record:
-    """The record and its ETag; creates the (private) system container on first use."""
+async def read_record(container: ContainerClient, blob: BlobClient, well_formed: Callable[[dict], bool]) -> Record:
+    """The record and its ETag; creates the (private) system container on first use.
+
+    A record that is not `well_formed` (edited by hand, say) reads as absent, so the next
+    write replaces it (its ETag still guards that write) instead of failing every request.
+    """
     try:
         download = await blob.download_blob()
     except ResourceNotFoundError as missing:
         if missing.error_code == "ContainerNotFound":
             await ensure_container(container)
         return Record(None, None)
-    return Record(json.loads(await download.readall()), download.properties.etag)
+    try:
+        data = json.loads(await download.readall())
+    except (ValueError, RecursionError):
+        data = None
+    if not (isinstance(data, dict) and well_formed(data)):
+        log.error("%s/%s is not a record this app wrote; it will be replaced", blob.container_name, blob.blob_name)
+        data = None
+    return Record(data, download.properties.etag)
 
 
 async def write_record(blob: BlobClient, data: dict, etag: str | None) -> bool:
@@ -119,8 +130,8 @@ class DailyCap:
 
     async def _add_to(self, blob: BlobClient, step: int) -> bool:
         for attempt in range(100):
-            record = await read_record(self.container, blob)
-            count = (record.data or {}).get("count", 0)
+            record = await read_record(self.container, blob, _is_count)
+            count = record.data["count"] if record.data else 0
             if step > 0 and count + step > self.cap:
                 return False
             if await write_record(blob, {"count": max(0, count + step)}, record.etag):
@@ -132,6 +143,11 @@ class DailyCap:
         now = self.now()
         midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
         return max(1, int((midnight - now).total_seconds() + 0.999))
+
+
+def _is_count(data: dict) -> bool:
+    count = data.get("count")
+    return isinstance(count, int) and not isinstance(count, bool) and count >= 0
 
 
 # -- idempotency -------------------------------------------------------------
@@ -178,7 +194,7 @@ class IdempotencyLedger:
         deadline = time.monotonic() + self.wait_seconds
         while True:
             async with asyncio.timeout(self.timeout):
-                record = await read_record(self.container, blob)
+                record = await read_record(self.container, blob, _is_marker)
             if self._claimable(record, fingerprint):
                 running = {"fingerprint": fingerprint, "state": "running", "since": _now_iso()}
                 async with asyncio.timeout(self.timeout):
@@ -219,6 +235,19 @@ class IdempotencyLedger:
             # repeat gets 409 in_progress rather than a second picture.
             log.warning("idempotency marker not recorded as done; a repeat will wait for it to go stale")
         return answer
+
+
+def _is_marker(data: dict) -> bool:
+    """Whether a record has the shape `once` writes: a claim, or a claim with its answer."""
+    try:
+        since = datetime.fromisoformat(data["since"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return (
+        since.tzinfo is not None
+        and isinstance(data.get("fingerprint"), str)
+        and (data.get("state") == "running" or (data.get("state") == "done" and isinstance(data.get("answer"), dict)))
+    )
 
 
 async def _delete(blob: BlobClient, timeout: float | None) -> None:
