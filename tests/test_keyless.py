@@ -101,6 +101,32 @@ async def test_fifty_links_cost_one_delegation_key(keyless_app: ServedApp, oauth
     assert delegation_key_requests(oauth_azurite) - before == 1
 
 
+async def test_the_hosts_identity_based_connection_with_a_user_assigned_identity(
+    oauth_azurite: Azurite, tls, model_server: OpenAIServer
+):
+    client_id = str(uuid.uuid4())
+    env = {
+        **ROOT_ENV,
+        "AzureWebJobsStorage__blobServiceUri": oauth_azurite.blob_endpoint,
+        "AzureWebJobsStorage__credential": "managedidentity",
+        "AzureWebJobsStorage__clientId": client_id,
+        "VISIONARY_CONTAINER": f"keyless-{uuid.uuid4().hex[:12]}",
+        "VISIONARY_PROVIDER": "offline",
+        "IDENTITY_ENDPOINT": f"{model_server.url}/msi/token",
+        "IDENTITY_HEADER": model_server.identity_header,
+        "SSL_CERT_FILE": str(tls[0]),
+    }
+    app = ServedApp.start(free_port(), env)
+    try:
+        async with httpx.AsyncClient(base_url=app.url, timeout=30) as api:
+            assert (await api.post("/api/generateImage", json={"prompt": "A user-assigned lighthouse"})).status_code == 201
+            assert (await api.get("/api/sasToken")).status_code == 200
+    finally:
+        app.stop()
+    token_requests = [call for call in model_server.calls if call.path == "/msi/token"]
+    assert token_requests and all(call.query.get("client_id") == client_id for call in token_requests)
+
+
 async def test_a_key_refresh_that_fails_is_tried_again_not_papered_over(
     oauth_azurite: Azurite, tls, model_server: OpenAIServer, monkeypatch
 ):

@@ -46,6 +46,7 @@ class StorageSettings:
     account_name: str | None = None
     account_key: str | None = None
     account_url: str | None = None  # signs in with DefaultAzureCredential
+    client_id: str | None = None  # a user-assigned managed identity's, for the sign-in
     container: str = DEFAULT_CONTAINER
     system_container: str = DEFAULT_SYSTEM_CONTAINER
     public_base_url: str | None = None
@@ -176,11 +177,13 @@ def _storage(env: _Reader) -> StorageSettings | None:
         return StorageSettings(account_url=account_url.rstrip("/"), **common)
     if connection_string := env.text("AzureWebJobsStorage"):
         return StorageSettings(connection_string=connection_string, **common)
-    # The Functions host's own identity-based storage connection, when it has one.
+    # The Functions host's own identity-based storage connection, when it has one, with its
+    # user-assigned identity (__clientId) if it names one.
+    client_id = env.text("AzureWebJobsStorage__clientId")
     if service_uri := env.text("AzureWebJobsStorage__blobServiceUri"):
-        return StorageSettings(account_url=service_uri.rstrip("/"), **common)
+        return StorageSettings(account_url=service_uri.rstrip("/"), client_id=client_id, **common)
     if account := env.text("AzureWebJobsStorage__accountName"):
-        return StorageSettings(account_url=f"https://{account}.blob.core.windows.net", **common)
+        return StorageSettings(account_url=f"https://{account}.blob.core.windows.net", client_id=client_id, **common)
     return None
 
 

@@ -104,7 +104,7 @@ class Gallery:
 
     @classmethod
     def from_settings(cls, settings: StorageSettings) -> Gallery:
-        credential = _managed_identity() if settings.account_url else None
+        credential = _managed_identity(settings.client_id) if settings.account_url else None
         service = open_service_client(settings, credential)
         container = service.get_container_client(settings.container)
         policy = SasPolicy(
@@ -261,10 +261,11 @@ async def ensure_container(container: ContainerClient) -> None:
         pass
 
 
-def _managed_identity():
+def _managed_identity(client_id: str | None = None):
     from azure.identity.aio import DefaultAzureCredential  # loaded for keyless storage only
 
-    return DefaultAzureCredential()
+    # Without a client id, DefaultAzureCredential takes AZURE_CLIENT_ID, or the system-assigned identity.
+    return DefaultAzureCredential(managed_identity_client_id=client_id) if client_id else DefaultAzureCredential()
 
 
 def open_service_client(settings: StorageSettings, credential: object | None = None) -> BlobServiceClient:
