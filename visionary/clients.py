@@ -2,9 +2,11 @@
 
 Storage and model clients hold connection pools: they are made once per worker
 process (per distinct configuration) and reused by every request, never made per
-request. Settings are read on each call, which costs microseconds and lets a
-changed environment take effect without a restart. Model code (openai, Pillow,
-httpx) is imported here on first use, so the app starts fast.
+request. Settings are read on each call (microseconds): a changed environment
+gets clients of its own, and the earlier ones stay open until `close_all`, as
+requests may still be using them. On Azure a settings change restarts the worker
+anyway. Model code (openai, Pillow, httpx) is imported here on first use, so the
+app starts fast.
 """
 
 from __future__ import annotations
