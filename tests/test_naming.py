@@ -59,6 +59,7 @@ def test_titles_follow_the_spec() -> None:
     assert title("  A  cat\n\ton_a//mat\\\\ ") == "A cat on a mat"
     assert title("caf\u0065\u0301") == "caf\u00e9"  # NFC
     assert title("bell\x07 and NUL\x00") == "bell and NUL"
+    assert title("invoice \u202egnp.exe\u202c") == "invoice gnp.exe"  # no right-to-left override
     assert title("x" * 500) == "x" * 120
     assert title("___ /// \\\\") == "untitled"
     assert title("") == "untitled"

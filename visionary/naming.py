@@ -63,11 +63,16 @@ def title_from_prompt(prompt: str) -> str:
     return text or UNTITLED
 
 
+# Bidirectional overrides and marks: in a name shown in a list they can make "cat_gnp.exe"
+# read as something else. The prompt itself (metadata) keeps them.
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def _allowed(ch: str) -> bool:
     category = unicodedata.category(ch)
     # Cc: control characters. Cs: lone surrogates (cannot be encoded in a URL).
     # Cn: unassigned code points and non-characters such as U+FFFF.
-    return category not in ("Cc", "Cs", "Cn")
+    return category not in ("Cc", "Cs", "Cn") and ch not in _BIDI_CONTROLS
 
 
 def name_for(prompt: str, ts: int, content_type: str = "image/png") -> BlobName:
