@@ -10,7 +10,6 @@ image of a type we store before anyone stores them.
 
 from __future__ import annotations
 
-import asyncio
 import binascii
 from dataclasses import dataclass
 from typing import Protocol
@@ -66,17 +65,11 @@ class ModelImages:
         self._deadline = deadline  # for the model call with all its retries, and a download
 
     async def generate(self, prompt: str, size: str) -> GeneratedImage:
-        """The picture, within the deadline: the model call, its retries and a download together."""
-        try:
-            async with asyncio.timeout(self._deadline):
-                return await self._draw(prompt, size)
-        except TimeoutError:
-            raise ApiError.upstream_timeout() from None
+        # One deadline, one error mapping: the model call, its retries and a download together.
+        return await call_model(lambda: self._draw(prompt, size), self._deadline)
 
     async def _draw(self, prompt: str, size: str) -> GeneratedImage:
-        response = await call_model(
-            lambda: self._client.images.generate(model=self._model, prompt=prompt, size=size, n=1)
-        )
+        response = await self._client.images.generate(model=self._model, prompt=prompt, size=size, n=1)
         if not response.data:
             raise ApiError.upstream_error("The model service answered with no image.")
         image = response.data[0]

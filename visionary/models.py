@@ -74,7 +74,8 @@ async def call_model(
     deadline: float | None = None,
     refused: Callable[[], ApiError] = ApiError.content_policy_violation,
 ) -> T:
-    """Run one SDK call within `deadline` seconds, turning its failures into the API's errors.
+    """Run a model call (with what depends on it, such as downloading its picture) within
+    `deadline` seconds, turning its failures into the API's errors.
 
     The SDK has already made its bounded retries (429, 5xx, timeouts) by the time
     an exception reaches here. `refused` is the error for a content-policy refusal:
