@@ -7,6 +7,7 @@ import pytest
 from azure.core.exceptions import ClientAuthenticationError
 from azure.storage.blob.aio import ContainerClient
 
+from tests.azurite import ACCOUNT
 from tests.azurite import KEY as ACCOUNT_KEY
 from tests.conftest import AZURE_KEY, OPENAI_KEY, Api, blob_names, png_bytes
 from tests.openai_server import OpenAIServer
@@ -150,7 +151,7 @@ async def test_a_link_storage_will_not_sign_fails_before_the_model_is_paid(
 ):
     # A delegation key needs a token; storage refuses a shared-key request for one (403),
     # as it refuses an identity without the Storage Blob Delegator role.
-    policy = SasPolicy("devstoreaccount1", container.container_name, container.url, timedelta(minutes=30))
+    policy = SasPolicy(ACCOUNT, container.container_name, container.url, timedelta(minutes=30))
     gallery.signer = UserDelegationSigner(policy, gallery.service)
     app = clients.current()
     with pytest.raises(ClientAuthenticationError):

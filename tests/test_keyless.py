@@ -44,18 +44,22 @@ def oauth_azurite(tls, tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture
-def keyless_app(oauth_azurite: Azurite, tls, model_server: OpenAIServer):
-    cert, _ = tls
-    env = {
+def keyless_env(tls, model_server: OpenAIServer, **storage: str) -> dict[str, str]:
+    """An app process's environment: `storage` settings, no key, the loopback identity endpoint."""
+    return {
         **ROOT_ENV,
-        "VISIONARY_STORAGE_ACCOUNT_URL": oauth_azurite.blob_endpoint,
+        **storage,
         "VISIONARY_CONTAINER": f"keyless-{uuid.uuid4().hex[:12]}",
         "VISIONARY_PROVIDER": "offline",
         "IDENTITY_ENDPOINT": f"{model_server.url}/msi/token",
         "IDENTITY_HEADER": model_server.identity_header,
-        "SSL_CERT_FILE": str(cert),
+        "SSL_CERT_FILE": str(tls[0]),
     }
+
+
+@pytest.fixture
+def keyless_app(oauth_azurite: Azurite, tls, model_server: OpenAIServer):
+    env = keyless_env(tls, model_server, VISIONARY_STORAGE_ACCOUNT_URL=oauth_azurite.blob_endpoint)
     app = ServedApp.start(free_port(), env)
     yield app
     output = app.stop()
@@ -105,17 +109,11 @@ async def test_the_hosts_identity_based_connection_with_a_user_assigned_identity
     oauth_azurite: Azurite, tls, model_server: OpenAIServer
 ):
     client_id = str(uuid.uuid4())
-    env = {
-        **ROOT_ENV,
+    env = keyless_env(tls, model_server, **{
         "AzureWebJobsStorage__blobServiceUri": oauth_azurite.blob_endpoint,
         "AzureWebJobsStorage__credential": "managedidentity",
         "AzureWebJobsStorage__clientId": client_id,
-        "VISIONARY_CONTAINER": f"keyless-{uuid.uuid4().hex[:12]}",
-        "VISIONARY_PROVIDER": "offline",
-        "IDENTITY_ENDPOINT": f"{model_server.url}/msi/token",
-        "IDENTITY_HEADER": model_server.identity_header,
-        "SSL_CERT_FILE": str(tls[0]),
-    }
+    })
     app = ServedApp.start(free_port(), env)
     try:
         async with httpx.AsyncClient(base_url=app.url, timeout=30) as api:
