@@ -3,6 +3,7 @@ from email.utils import format_datetime
 
 import pytest
 
+from tests.azurite import free_port
 from tests.conftest import Api, blob_names
 from tests.openai_server import OpenAIServer
 from visionary.models import DEFAULT_RETRY_AFTER_SECONDS, MAX_RETRY_AFTER_SECONDS, retry_after
@@ -53,3 +54,22 @@ async def test_a_failed_azure_sign_in_is_the_model_services_error_not_storages(
         assert "managed identity" in answer.json()["error"]
     assert azure_env.model_calls() == []
     assert await blob_names(container) == []
+
+
+async def test_a_model_service_nobody_answers_at_is_unreachable_not_slow(api: Api, openai_env, monkeypatch, container):
+    # The SDK's aiohttp transport reports a refused connection as a timeout; a user must not be
+    # told to wait and retry when the endpoint setting is wrong or the service is down.
+    monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{free_port()}/v1")
+    for answer in (await api.suggest(), await api.generate({"prompt": "A lighthouse"})):
+        assert answer.status == 502, answer.body
+        assert answer.json()["code"] == "upstream_error"
+        assert "could not be reached" in answer.json()["error"]
+    assert await blob_names(container) == []
+
+
+async def test_a_model_that_answers_too_late_is_still_a_timeout(api: Api, openai_env: OpenAIServer, monkeypatch):
+    monkeypatch.setenv("VISIONARY_MODEL_TIMEOUT_SECONDS", "0.3")
+    monkeypatch.setenv("VISIONARY_MODEL_MAX_RETRIES", "0")
+    openai_env.behaviour.delay = 2
+    answer = await api.suggest()
+    assert answer.status == 504 and answer.json()["code"] == "upstream_timeout"

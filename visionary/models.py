@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
+import aiohttp
 import openai
 from azure.core.exceptions import ClientAuthenticationError
 
@@ -84,7 +85,12 @@ async def call_model(
     try:
         async with asyncio.timeout(deadline):
             return await call()
-    except (openai.APITimeoutError, TimeoutError):
+    except openai.APITimeoutError as error:
+        if failure := _unreachable(error):
+            log.warning("model service unreachable: %s", type(failure).__name__)
+            raise ApiError.upstream_error("The model service could not be reached; check its endpoint setting.") from None
+        raise ApiError.upstream_timeout() from None
+    except TimeoutError:
         raise ApiError.upstream_timeout() from None
     except openai.RateLimitError as error:
         raise ApiError.rate_limited(
@@ -108,6 +114,20 @@ async def call_model(
         # ValueError: an answer that is not JSON at all.
         log.warning("model call failed: %s", type(error).__name__)
         raise ApiError.upstream_error() from None
+
+
+def _unreachable(error: openai.APITimeoutError) -> aiohttp.ClientConnectionError | None:
+    """The refused or dropped connection that the SDK's aiohttp transport reported as a timeout.
+
+    It maps every `aiohttp.ClientConnectionError` to `httpx.ConnectTimeout`; only aiohttp's
+    own timeouts (subclasses of `TimeoutError`) really ran out of time.
+    """
+    cause = error.__cause__
+    while cause is not None and not isinstance(cause, aiohttp.ClientError):
+        cause = cause.__cause__
+    if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(cause, TimeoutError):
+        return cause
+    return None
 
 
 def _upstream(error: openai.APIStatusError) -> ApiError:
