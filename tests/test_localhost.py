@@ -37,6 +37,12 @@ async def test_a_wrong_method_is_405_with_allow(http: httpx.AsyncClient):
     assert (await http.get("/api/generateImage")).headers["allow"] == "POST"
 
 
+async def test_a_trailing_slash_reaches_the_same_endpoint(http: httpx.AsyncClient, storage_env):
+    # The Functions host routes `/api/getImages/` to getImages; a proxy that adds the slash must not break.
+    for path in ("/api/getImages/", "/api/sasToken/"):
+        assert (await http.get(path)).status_code == 200, path
+
+
 async def test_an_unknown_route_is_404_json(http: httpx.AsyncClient):
     for path in ("/api/nothing", "/api/getImages/extra", "/nothing.html", "/../function_app.py"):
         answer = await http.get(path)
@@ -82,10 +88,17 @@ async def test_cors_from_local_settings_allows_only_listed_origins(storage_env):
         async with httpx.AsyncClient(base_url=host.url) as http:
             allowed = await http.get("/api/getImages", headers={"Origin": "https://allowed.example"})
             other = await http.get("/api/getImages", headers={"Origin": "https://other.example"})
+            other_preflight = await http.options(
+                "/api/generateImage",
+                headers={"Origin": "https://other.example", "Access-Control-Request-Method": "POST"},
+            )
     finally:
         await host.runner.cleanup()
     assert allowed.headers["access-control-allow-origin"] == "https://allowed.example"
     assert "access-control-allow-origin" not in other.headers
+    # A preflight from another origin is answered, not handled: 204 without CORS headers.
+    assert other_preflight.status_code == 204
+    assert not any(name.startswith("access-control-") for name in other_preflight.headers)
 
 
 async def test_the_page_and_the_api_description_are_served(http: httpx.AsyncClient):

@@ -101,7 +101,8 @@ def _compile(template: str) -> re.Pattern[str]:
     regex = "".join(
         f"(?P<{p[1:-1].split(':')[0].rstrip('?')}>[^/]+)" if p.startswith("{") else re.escape(p) for p in parts
     )
-    return re.compile("/" + regex, re.IGNORECASE)
+    # Like the host's ASP.NET Core routing: any case, and a trailing slash or not.
+    return re.compile("/" + regex + "/?", re.IGNORECASE)
 
 
 class LocalHost:
@@ -177,13 +178,16 @@ class LocalHost:
     async def _cors(self, request: web.Request, handler) -> web.StreamResponse:
         origin = request.headers.get("Origin")
         allowed = origin and ("*" in self.config.cors or origin in self.config.cors)
-        if request.method == "OPTIONS" and allowed and "Access-Control-Request-Method" in request.headers:
+        if request.method == "OPTIONS" and origin and "Access-Control-Request-Method" in request.headers:
+            # A preflight ends here, as in the host's CORS middleware: 204, and the CORS
+            # headers only for an allowed origin (without them the browser refuses).
             response: web.StreamResponse = web.Response(status=204)
-            response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
-            requested = request.headers.get("Access-Control-Request-Headers")
-            if requested:
-                response.headers["Access-Control-Allow-Headers"] = requested
-            response.headers["Access-Control-Max-Age"] = "600"
+            if allowed:
+                response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+                requested = request.headers.get("Access-Control-Request-Headers")
+                if requested:
+                    response.headers["Access-Control-Allow-Headers"] = requested
+                response.headers["Access-Control-Max-Age"] = "600"
         else:
             response = await handler(request)
         if allowed:
