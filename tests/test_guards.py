@@ -1,8 +1,9 @@
 import asyncio
+import hashlib
 import json
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
 
@@ -14,6 +15,8 @@ from tests.azurite import Azurite, free_port
 from tests.conftest import ROOT_ENV, Api, blob_names
 from tests.openai_server import OpenAIServer
 from tests.served import ServedApp
+from visionary.errors import ApiError
+from visionary.guards import DailyCap, IdempotencyLedger
 
 PROMPT = "A lighthouse at dusk, oil painting"
 
@@ -84,7 +87,63 @@ async def test_a_count_edited_by_hand_is_replaced_not_a_500(
     assert "is not a record this app wrote" in caplog.text
 
 
+async def test_the_cap_counts_per_utc_day_and_its_retry_after_reaches_midnight(container: ContainerClient):
+    now = datetime(2026, 3, 1, 23, 59, 30, tzinfo=timezone.utc)
+    cap = DailyCap(container, 1, now=lambda: now)
+    async with cap.slot():
+        pass
+    with pytest.raises(ApiError) as refused:
+        async with cap.slot():
+            pass
+    assert refused.value.status == 429 and refused.value.headers["Retry-After"] == "30"
+    now = datetime(2026, 3, 2, 0, 0, 1, tzinfo=timezone.utc)
+    async with cap.slot():  # a new day, a new count
+        pass
+    assert await blob_names(container) == ["cost-guard/2026-03-01.json", "cost-guard/2026-03-02.json"]
+
+
 # -- idempotency -------------------------------------------------------------
+
+
+async def age_marker(container: ContainerClient, age: timedelta) -> None:
+    """Move the one idempotency marker's time back by `age`, as if written that long ago."""
+    [name] = await blob_names(container, "idempotency/")
+    blob = container.get_blob_client(name)
+    marker = json.loads(await (await blob.download_blob()).readall())
+    marker["since"] = (datetime.now(timezone.utc) - age).isoformat()
+    await blob.upload_blob(json.dumps(marker), overwrite=True)
+
+
+def counted_work() -> Callable[[], Awaitable[dict]]:
+    """Work whose answer says how many times it has run."""
+    runs = []
+
+    async def work() -> dict:
+        runs.append(1)
+        return {"run": len(runs)}
+
+    return work
+
+
+async def test_a_key_is_honoured_for_24_hours_then_does_the_work_again(container: ContainerClient):
+    ledger, work = IdempotencyLedger(container), counted_work()
+    assert await ledger.once("order-7", "same request", work) == {"run": 1}
+    await age_marker(container, timedelta(hours=23))
+    assert await ledger.once("order-7", "same request", work) == {"run": 1}
+    await age_marker(container, timedelta(hours=25))
+    assert await ledger.once("order-7", "same request", work) == {"run": 2}
+
+
+async def test_a_crashed_owners_claim_is_taken_over_once_stale(container: ContainerClient):
+    ledger, work = IdempotencyLedger(container, wait_seconds=0.2, poll_seconds=0.05), counted_work()
+    claim = {"fingerprint": "same request", "state": "running", "since": datetime.now(timezone.utc).isoformat()}
+    await container.create_container()
+    await container.upload_blob(f"idempotency/{hashlib.sha256(b'crashed').hexdigest()}.json", json.dumps(claim))
+    with pytest.raises(ApiError) as waiting:  # a live owner: wait, then 409
+        await ledger.once("crashed", "same request", work)
+    assert waiting.value.code == "in_progress"
+    await age_marker(container, ledger.stale_after + timedelta(minutes=1))
+    assert await ledger.once("crashed", "same request", work) == {"run": 1}
 
 
 @pytest.fixture
