@@ -31,6 +31,29 @@ IMAGE_ERRORS = {
             "code": "content_policy_violation",
         },
     ),
+    "moderation_blocked": (  # gpt-image models
+        400,
+        {
+            "message": "Your request was rejected by the safety system. If you believe this is an error, "
+            "contact us at help.openai.com and include the request ID req_0123456789abcdef.",
+            "type": "image_generation_user_error",
+            "param": None,
+            "code": "moderation_blocked",
+        },
+    ),
+    "content_filter": (  # Azure OpenAI's content filtering
+        400,
+        {
+            "message": "The response was filtered due to the prompt triggering Azure OpenAI's content "
+            "management policy. Please modify your prompt and retry.",
+            "type": None,
+            "param": "prompt",
+            "code": "content_filter",
+            "status": 400,
+            "innererror": {"code": "ResponsibleAIPolicyViolation",
+                           "content_filter_result": {"violence": {"filtered": True, "severity": "high"}}},
+        },
+    ),
     "rate_limit": (
         429,
         {

@@ -11,7 +11,7 @@ from tests.azurite import ACCOUNT
 from tests.azurite import KEY as ACCOUNT_KEY
 from tests.conftest import AZURE_KEY, OPENAI_KEY, Api, blob_names, png_bytes
 from tests.openai_server import OpenAIServer
-from visionary import clients
+from visionary import clients, images
 from visionary.generation import ImageRequest, generate_image
 from visionary.offline import draw
 from visionary.sas import SasPolicy, UserDelegationSigner
@@ -104,6 +104,8 @@ async def test_no_model_service_is_a_503_naming_the_settings(api: Api, storage_e
     ("error", "status", "code", "model_calls"),
     [
         ("content_policy", 400, "content_policy_violation", 1),
+        ("moderation_blocked", 400, "content_policy_violation", 1),
+        ("content_filter", 400, "content_policy_violation", 1),
         ("server_error", 502, "upstream_error", 2),  # one try and the SDK's one retry
         ("bad_key", 502, "upstream_error", 1),
         ("slow", 504, "upstream_timeout", 2),
@@ -193,6 +195,7 @@ async def test_the_prompt_limit_is_a_setting(api: Api, openai_env: OpenAIServer,
     monkeypatch.setenv("VISIONARY_MAX_PROMPT_CHARS", "10")
     answer = await api.generate({"prompt": "eleven char"})
     assert answer.json() == {"error": "The prompt is longer than 10 characters; shorten it.", "code": "prompt_too_long"}
+    assert (await api.generate({"prompt": "ten chars!"})).status == 201  # the limit itself is allowed
 
 
 async def test_the_node_frontend_call_still_works(api: Api, openai_env: OpenAIServer):
@@ -243,3 +246,17 @@ async def test_the_model_deadline_covers_downloading_a_url_answer(
     assert answer.status == 504 and answer.json()["code"] == "upstream_timeout"
     assert time.monotonic() - started < 2
     assert await blob_names(container) == []
+
+
+@pytest.mark.parametrize("shape", ["b64_json", "url"])
+async def test_a_picture_over_the_size_cap_is_refused_and_not_stored(
+    api: Api, openai_env: OpenAIServer, container: ContainerClient, monkeypatch, shape
+):
+    openai_env.behaviour.shape = shape
+    size = len(openai_env.behaviour.image)
+    monkeypatch.setattr(images, "MAX_IMAGE_BYTES", size - 1)
+    answer = await api.generate({"prompt": PROMPT})
+    assert answer.status == 502 and "larger than" in answer.json()["error"]
+    assert await blob_names(container) == []
+    monkeypatch.setattr(images, "MAX_IMAGE_BYTES", size)  # the cap itself is allowed
+    assert (await api.generate({"prompt": PROMPT})).status == 201

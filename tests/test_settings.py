@@ -34,6 +34,13 @@ def test_defaults_and_limits():
     assert (settings.page_size, settings.max_prompt_chars) == (50, 4000)
     assert (settings.storage.container, settings.storage.sas_ttl_minutes) == ("images", 30)
     assert Settings.from_env({"AzureWebJobsStorage": AZURITE, "VISIONARY_SAS_TTL_MINUTES": "100000"}).storage.sas_ttl_minutes == 1440
+    assert settings.storage.timeout_seconds == 10  # a storage call that hangs is a 503 in seconds
+
+
+def test_the_model_defaults_answer_before_azure_ends_the_request():
+    models = Settings.from_env({"OPENAI_API_KEY": "sk"}).models
+    assert (models.timeout_seconds, models.max_retries) == (180, 2)  # a real image model takes a minute or more
+    assert models.deadline_seconds < 230  # Azure's front end ends an HTTP request at 230 s
 
 
 def test_secrets_stay_out_of_the_repr():

@@ -49,6 +49,8 @@ def image_type(data: bytes) -> str | None:
 
 
 def checked(data: bytes, model: str, revised_prompt: str | None) -> GeneratedImage:
+    if len(data) > MAX_IMAGE_BYTES:  # a download stops at the cap; base64 arrives whole
+        raise _too_large()
     content_type = image_type(data)
     if content_type is None:
         raise ApiError.upstream_error("The model service answered with something that is not a whole image.")
