@@ -1,5 +1,7 @@
+import asyncio
 import gzip
 import json
+from urllib.parse import urlsplit
 
 import azure.functions as func
 import httpx
@@ -50,6 +52,17 @@ async def test_an_unknown_route_is_404_json(http: httpx.AsyncClient):
         assert answer.json() == {"error": "No such endpoint.", "code": "not_found"}
 
 
+@pytest.mark.parametrize("path", ["/%2e%2e/function_app.py", "/..%2flocal.settings.example.json", "/web/../host.json"])
+async def test_the_page_files_cannot_reach_outside_web(local_host: str, path: str):
+    # Sent raw: httpx and browsers would resolve the dot segments before sending.
+    reader, writer = await asyncio.open_connection("127.0.0.1", urlsplit(local_host).port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".encode())
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 404"), answer[:100]
+    assert b"import" not in answer and b"Values" not in answer and b"extensions" not in answer
+
+
 async def test_the_body_cap_is_a_413_json(http: httpx.AsyncClient):
     answer = await http.post("/api/generateImage", content=b"x" * (5 * 1024 * 1024))
     assert answer.status_code == 413
@@ -95,6 +108,7 @@ async def test_cors_from_local_settings_allows_only_listed_origins(storage_env):
     finally:
         await host.runner.cleanup()
     assert allowed.headers["access-control-allow-origin"] == "https://allowed.example"
+    assert allowed.headers["vary"] == "Origin"  # a cache must not hand this answer to another origin
     assert "access-control-allow-origin" not in other.headers
     # A preflight from another origin is answered, not handled: 204 without CORS headers.
     assert other_preflight.status_code == 204
