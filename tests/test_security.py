@@ -13,6 +13,7 @@ from azure.storage.blob.aio import ContainerClient
 
 from tests.azurite import KEY as ACCOUNT_KEY
 from tests.conftest import OPENAI_KEY, ROOT_ENV, Api, Response, png_bytes
+from tests import openai_server
 from tests.openai_server import OpenAIServer
 from visionary.settings import DEFAULT_SYSTEM_CONTAINER
 
@@ -104,6 +105,21 @@ async def test_a_refused_model_key_is_not_echoed(api: Api, openai_env: OpenAISer
         assert (answer.status, answer.json()["code"]) == (502, "upstream_error")
         for leak in (OPENAI_KEY.encode(), b"sk-test", b"platform.openai.com", b"Incorrect API key"):
             assert leak not in answer.body
+
+
+async def test_no_prompt_or_model_error_can_forge_a_log_line(api: Api, openai_env: OpenAIServer, monkeypatch, caplog):
+    caplog.set_level(logging.INFO)
+    forged = "x\ngenerateImage status=201 blob=forged.png"
+    assert (await api.generate({"prompt": f"cat{forged}"})).status == 201
+    # A gateway's error whose code carries a newline and the key it was sent.
+    monkeypatch.setitem(openai_server.IMAGE_ERRORS, "echo", (500, {"message": "no", "type": None, "param": None,
+                                                                   "code": f"{OPENAI_KEY}{forged}"}))
+    openai_env.behaviour.error = "echo"
+    assert (await api.generate({"prompt": "dog"})).status == 502
+    lines = [record.getMessage() for record in caplog.records if record.name.startswith("visionary")]
+    assert any("model service answered 500" in line for line in lines)
+    for line in lines:
+        assert "\n" not in line and "\r" not in line and OPENAI_KEY not in line, line
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -30,6 +31,7 @@ AZURE_SCOPE = "https://cognitiveservices.azure.com/.default"
 DEFAULT_RETRY_AFTER_SECONDS = 10
 MAX_RETRY_AFTER_SECONDS = 24 * 60 * 60
 T = TypeVar("T")
+_ERROR_CODE = re.compile(r"\d{3}|[A-Za-z][A-Za-z_]{0,39}")
 
 
 @dataclass
@@ -131,12 +133,20 @@ def _unreachable(error: openai.APITimeoutError) -> aiohttp.ClientConnectionError
 
 
 def _upstream(error: openai.APIStatusError) -> ApiError:
-    log.warning("model service answered %d (%s)", error.status_code, _code(error) or "no code")
+    log.warning("model service answered %d (%s)", error.status_code, _loggable(_code(error)))
     if error.status_code in (401, 403):
         return ApiError.upstream_error("The model service refused our credentials; check the API key setting.")
     if error.status_code == 404:
         return ApiError.upstream_error("The model service does not know the configured model or deployment.")
     return ApiError.upstream_error()
+
+
+def _loggable(code: str | None) -> str:
+    # The service's text: logged only if it looks like a code (content_filter, 429,
+    # DeploymentNotFound), so a gateway's code cannot forge a log line or echo a key.
+    if code is None:
+        return "no code"
+    return code if _ERROR_CODE.fullmatch(code) else "an unrecognised code"
 
 
 def _code(error: openai.APIStatusError) -> str | None:
