@@ -96,6 +96,7 @@ class Behaviour:
     delay: float = 0.0  # seconds before every model answer
     file_delay: float = 0.0  # seconds before a picture behind a URL answer is served
     retry_after: str = "7"
+    raw_answer: tuple[str, str] | None = None  # (body, content type): a 200 that breaks the protocol
     suggestion: str = '"A lighthouse on a cliff at dusk, impressionism, oil painting"'
 
 
@@ -169,6 +170,8 @@ class OpenAIServer:
         b = self.behaviour
         if b.error == "slow" or b.delay:
             await asyncio.sleep(b.delay or 10)  # longer than any test's timeout
+        if b.raw_answer:
+            return _raw(b.raw_answer)
         if b.error in IMAGE_ERRORS:
             status, error = IMAGE_ERRORS[b.error]
             headers = {"retry-after": b.retry_after} if status == 429 else {}
@@ -202,6 +205,8 @@ class OpenAIServer:
         b = self.behaviour
         if b.delay:
             await asyncio.sleep(b.delay)
+        if b.raw_answer:
+            return _raw(b.raw_answer)
         if b.error in IMAGE_ERRORS:
             status, error = IMAGE_ERRORS[b.error]
             return _error(status, error, {"retry-after": b.retry_after} if status == 429 else {})
@@ -258,6 +263,11 @@ def _json_bytes(answer: dict) -> bytes:
     item["b64_json"] = "\0"
     head, tail = json.dumps(answer).encode().split(b"\\u0000")
     return b"".join((head, encoded, tail))
+
+
+def _raw(answer: tuple[str, str]) -> web.Response:
+    body, content_type = answer
+    return web.Response(text=body, content_type=content_type)
 
 
 def _error(status: int, error: dict, headers: dict[str, str] | None = None) -> web.Response:

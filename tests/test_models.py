@@ -73,3 +73,23 @@ async def test_a_model_that_answers_too_late_is_still_a_timeout(api: Api, openai
     openai_env.behaviour.delay = 2
     answer = await api.suggest()
     assert answer.status == 504 and answer.json()["code"] == "upstream_timeout"
+
+
+@pytest.mark.parametrize(
+    "raw_answer",
+    [
+        ("<!doctype html><title>Bad gateway</title>", "text/html"),
+        ("null", "application/json"),
+        ("[]", "application/json"),
+        ('{"data": "x", "choices": "x"}', "application/json"),
+        ('{"data": [12], "choices": [12]}', "application/json"),
+        ('{"data": [{"b64_json": 12}], "choices": [{"message": {"content": 12}}]}', "application/json"),
+    ],
+)
+async def test_an_answer_that_breaks_the_protocol_is_the_model_services_error(
+    api: Api, openai_env: OpenAIServer, container, raw_answer
+):
+    openai_env.behaviour.raw_answer = raw_answer
+    for answer in (await api.suggest(), await api.generate({"prompt": "A lighthouse"})):
+        assert (answer.status, answer.json()["code"]) == (502, "upstream_error"), answer.body
+    assert await blob_names(container) == []

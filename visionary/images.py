@@ -72,16 +72,28 @@ class ModelImages:
 
     async def _draw(self, prompt: str, size: str) -> GeneratedImage:
         response = await self._client.images.generate(model=self._model, prompt=prompt, size=size, n=1)
-        if not response.data:
-            raise ApiError.upstream_error("The model service answered with no image.")
-        image = response.data[0]
-        if image.b64_json:
-            data = decode_base64(image.b64_json)
-        elif image.url:
-            data = await download(self._downloads, image.url)
+        b64_json, url, revised_prompt = _first_picture(response)
+        if b64_json:
+            data = decode_base64(b64_json)
+        elif url:
+            data = await download(self._downloads, url)
         else:
             raise ApiError.upstream_error("The model service answered with no image.")
-        return checked(data, self._model, image.revised_prompt or None)
+        return checked(data, self._model, revised_prompt)
+
+
+def _first_picture(response: object) -> tuple[str | None, str | None, str | None]:
+    """The first picture's base64, link and revised prompt, each None unless it is text.
+
+    The SDK does not validate answers: a compatible server may send any JSON, or HTML.
+    """
+    try:
+        image = response.data[0]
+        fields = (image.b64_json, image.url, image.revised_prompt)
+    except (AttributeError, TypeError, IndexError, KeyError):
+        return None, None, None
+    b64_json, url, revised_prompt = (value if isinstance(value, str) and value else None for value in fields)
+    return b64_json, url, revised_prompt
 
 
 def decode_base64(text: str) -> bytes:

@@ -58,7 +58,18 @@ class ChatSuggestions:
             # Our own request was refused, not the user's words: nothing for them to rephrase.
             refused=lambda: ApiError.upstream_error("The chat model declined to suggest a prompt; try again."),
         )
-        text = clean(completion.choices[0].message.content or "") if completion.choices else ""
-        if not text:
+        if not (text := _first_text(completion)):
             raise ApiError.upstream_error("The chat model gave no suggestion; try again.")
         return text
+
+
+def _first_text(completion: object) -> str:
+    """The first choice's text, cleaned; empty when there is none.
+
+    The SDK does not validate answers: a compatible server may send any JSON, or HTML.
+    """
+    try:
+        content = completion.choices[0].message.content
+    except (AttributeError, TypeError, IndexError, KeyError):
+        return ""
+    return clean(content) if isinstance(content, str) else ""
