@@ -25,6 +25,9 @@ def test_anything_else_or_a_cut_image_is_refused():
     png = encoded("PNG")
     for data in (b"", b"<!doctype html><p>Sign in</p>", png[: len(png) // 2], encoded("WEBP")[:20], encoded("GIF")):
         assert image_type(data) is None
+    # Signatures with nothing behind them: no header chunk, so no picture to show.
+    assert image_type(b"\x89PNG\r\n\x1a\nIEND\xaeB`\x82") is None
+    assert image_type(b"RIFF\x04\x00\x00\x00WEBP") is None
 
 
 def test_model_base64_decodes_to_the_picture():

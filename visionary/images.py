@@ -37,12 +37,12 @@ class ImageProvider(Protocol):
 
 
 def image_type(data: bytes) -> str | None:
-    """The stored content type these bytes really are, by magic bytes and a whole ending."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n") and data.endswith(b"IEND\xaeB`\x82"):
+    """The stored content type these bytes really are: by their signature, first chunk and whole ending."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR" and data.endswith(b"IEND\xaeB`\x82"):
         return "image/png"
     if data.startswith(b"\xff\xd8\xff") and data.rstrip(b"\x00").endswith(b"\xff\xd9"):
         return "image/jpeg"
-    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP" and data[12:16] in (b"VP8 ", b"VP8L", b"VP8X"):
         if int.from_bytes(data[4:8], "little") + 8 <= len(data):
             return "image/webp"
     return None
