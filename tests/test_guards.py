@@ -15,8 +15,10 @@ from tests.azurite import Azurite, free_port
 from tests.conftest import ROOT_ENV, Api, blob_names
 from tests.openai_server import OpenAIServer
 from tests.served import ServedApp
+from visionary.clients import Clients
 from visionary.errors import ApiError
 from visionary.guards import DailyCap, IdempotencyLedger
+from visionary.settings import Settings
 
 PROMPT = "A lighthouse at dusk, oil painting"
 
@@ -221,3 +223,55 @@ async def test_a_malformed_key_is_a_400(api: Api, keyed_env: OpenAIServer, key: 
     answer = await api.generate({"prompt": PROMPT}, headers={"Idempotency-Key": key})
     assert answer.status == 400 and answer.json()["code"] == "invalid_parameter"
     assert keyed_env.model_calls() == []
+
+
+async def overtaken(container: ContainerClient, ending: Callable[[], Awaitable[dict]]) -> dict:
+    """Start work under a key, let a repeat take the claim over (every claim is stale at once),
+    then end the first work with `ending`; what the key answers afterwards."""
+    ledger = IdempotencyLedger(container, stale_after=timedelta(0))
+    release = asyncio.Event()
+
+    async def first() -> dict:
+        await release.wait()
+        return await ending()
+
+    async def second() -> dict:
+        return {"owner": "second"}
+
+    owner = asyncio.create_task(ledger.once("taken-over", "same request", first))
+    while not await blob_names(container, "idempotency/"):
+        await asyncio.sleep(0.01)
+    assert await ledger.once("taken-over", "same request", second) == {"owner": "second"}
+    release.set()
+    await asyncio.gather(owner, return_exceptions=True)
+
+    async def third() -> dict:
+        return {"owner": "third"}  # runs only if the second's record is gone
+
+    return await ledger.once("taken-over", "same request", third)
+
+
+async def test_work_that_outlived_its_claim_leaves_the_new_owners_record(container: ContainerClient):
+    async def done() -> dict:
+        return {"owner": "first"}
+
+    assert await overtaken(container, done) == {"owner": "second"}
+
+
+async def test_a_failure_after_its_claim_was_taken_over_removes_nothing(container: ContainerClient):
+    async def fails() -> dict:
+        raise ApiError.upstream_error()
+
+    assert await overtaken(container, fails) == {"owner": "second"}
+
+
+async def test_a_claim_is_stale_only_after_the_longest_a_live_owner_can_hold_it(azurite: Azurite):
+    # Short model attempts, but the deadline (default 220 s) still bounds a draw and its download.
+    settings = Settings.from_env({"AzureWebJobsStorage": azurite.connection_string, "OPENAI_API_KEY": "sk",
+                                  "VISIONARY_MODEL_TIMEOUT_SECONDS": "5", "VISIONARY_MODEL_MAX_RETRIES": "0"})
+    app = Clients(settings)
+    try:
+        stale_after = app.guards.ledger.stale_after.total_seconds()
+    finally:
+        await app.close()
+    assert stale_after > settings.models.deadline_seconds + 3 * settings.storage.timeout_seconds

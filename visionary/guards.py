@@ -64,20 +64,22 @@ async def read_record(container: ContainerClient, blob: BlobClient, well_formed:
     return Record(data, download.properties.etag)
 
 
-async def write_record(blob: BlobClient, data: dict, etag: str | None) -> bool:
+async def write_record(blob: BlobClient, data: dict, etag: str | None) -> str | None:
     """Write only if the record is still as read (etag), or still absent (None).
 
-    False when another writer got there first: the caller reads again.
+    The new ETag; None when another writer got there first: the caller reads again.
     """
     body = json.dumps(data, separators=(",", ":"))
     try:
         if etag is None:
-            await blob.upload_blob(body, overwrite=False)
+            written = await blob.upload_blob(body, overwrite=False)
         else:
-            await blob.upload_blob(body, overwrite=True, etag=etag, match_condition=MatchConditions.IfNotModified)
+            written = await blob.upload_blob(
+                body, overwrite=True, etag=etag, match_condition=MatchConditions.IfNotModified
+            )
     except (ResourceExistsError, ResourceModifiedError):
-        return False
-    return True
+        return None
+    return written["etag"]
 
 
 async def _contention_pause(attempt: int) -> None:
@@ -198,9 +200,9 @@ class IdempotencyLedger:
             if self._claimable(record, fingerprint):
                 running = {"fingerprint": fingerprint, "state": "running", "since": _now_iso()}
                 async with asyncio.timeout(self.timeout):
-                    claimed = await write_record(blob, running, record.etag)
-                if claimed:
-                    return await self._work(blob, fingerprint, work)
+                    claim = await write_record(blob, running, record.etag)
+                if claim:
+                    return await self._work(blob, claim, fingerprint, work)
                 continue  # someone else claimed it in between: look again
             if record.data["state"] == "done":
                 return record.data["answer"]
@@ -220,20 +222,28 @@ class IdempotencyLedger:
             raise ApiError.idempotency_conflict()
         return False
 
-    async def _work(self, blob: BlobClient, fingerprint: str, work: Callable[[], Awaitable[dict]]) -> dict:
+    async def _work(
+        self, blob: BlobClient, claim: str, fingerprint: str, work: Callable[[], Awaitable[dict]]
+    ) -> dict:
+        """Do the work under our claim (its ETag); the marker changes only while it is still ours."""
         try:
             answer = await work()
         except BaseException:
-            await _best_effort(_delete(blob, self.timeout), "a failed request's idempotency marker stays until stale")
+            await _best_effort(
+                _release(blob, claim, self.timeout), "a failed request's idempotency marker stays until stale"
+            )
             raise
         done = {"fingerprint": fingerprint, "state": "done", "since": _now_iso(), "answer": answer}
         try:
             async with asyncio.timeout(self.timeout):
-                await blob.upload_blob(json.dumps(done), overwrite=True)
+                recorded = await write_record(blob, done, claim)
         except (TimeoutError, AzureError):
             # The picture is stored: answer with it. Until the marker goes stale, a
             # repeat gets 409 in_progress rather than a second picture.
             log.warning("idempotency marker not recorded as done; a repeat will wait for it to go stale")
+        else:
+            if recorded is None:  # outlived stale_after: a repeat took the key over, its record stands
+                log.warning("idempotency claim was taken over while its work ran; its record is kept")
         return answer
 
 
@@ -250,11 +260,12 @@ def _is_marker(data: dict) -> bool:
     )
 
 
-async def _delete(blob: BlobClient, timeout: float | None) -> None:
+async def _release(blob: BlobClient, claim: str, timeout: float | None) -> None:
+    """Remove our claim, and only ours: a claim taken over meanwhile belongs to another request."""
     async with asyncio.timeout(timeout):
         try:
-            await blob.delete_blob()
-        except ResourceNotFoundError:
+            await blob.delete_blob(etag=claim, match_condition=MatchConditions.IfNotModified)
+        except (ResourceNotFoundError, ResourceModifiedError):
             pass
 
 
