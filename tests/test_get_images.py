@@ -112,6 +112,23 @@ async def test_without_storage_settings_both_endpoints_say_what_to_set(api: Api)
             assert setting in body["error"]
 
 
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"VISIONARY_CONTAINER": "Gallery_Images"}, "VISIONARY_CONTAINER"),
+        ({"VISIONARY_SYSTEM_CONTAINER": "images"}, "VISIONARY_SYSTEM_CONTAINER"),  # the gallery's own
+        ({"VISIONARY_STORAGE_ACCOUNT_URL": "http://127.0.0.1:10000/devstoreaccount1"}, "https://"),
+    ],
+)
+async def test_a_storage_setting_that_can_never_work_is_named_not_retried(api: Api, monkeypatch, settings, named):
+    for name, value in settings.items():
+        monkeypatch.setenv(name, value)
+    for function in ("getImages", "sasToken"):
+        answer = await api.call(function)
+        assert (answer.status, answer.json()["code"]) == (503, "not_configured"), answer.body
+        assert named in answer.json()["error"]
+
+
 async def test_unreachable_storage_is_a_503_without_details(api: Api, monkeypatch):
     monkeypatch.setenv(
         "VISIONARY_STORAGE_CONNECTION_STRING",

@@ -8,6 +8,7 @@ error (naming the setting) only when something needs it, so importing
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -156,9 +157,14 @@ class Settings:
 
 
 def _storage(env: _Reader) -> StorageSettings | None:
+    container = env.container_name("VISIONARY_CONTAINER", DEFAULT_CONTAINER)
+    system_container = env.container_name("VISIONARY_SYSTEM_CONTAINER", DEFAULT_SYSTEM_CONTAINER)
+    if system_container == container:
+        # The gallery's SAS reads its whole container: the guards' records must live apart.
+        env.problems.append("VISIONARY_SYSTEM_CONTAINER must differ from VISIONARY_CONTAINER.")
     common = dict(
-        container=env.text("VISIONARY_CONTAINER") or DEFAULT_CONTAINER,
-        system_container=env.text("VISIONARY_SYSTEM_CONTAINER") or DEFAULT_SYSTEM_CONTAINER,
+        container=container,
+        system_container=system_container,
         public_base_url=(env.text("VISIONARY_PUBLIC_BASE_URL") or "").rstrip("/") or None,
         sas_ttl_minutes=min(
             env.integer("VISIONARY_SAS_TTL_MINUTES", DEFAULT_SAS_TTL_MINUTES, 1, 10**6),
@@ -173,14 +179,14 @@ def _storage(env: _Reader) -> StorageSettings | None:
     name, key = env.text("accountName"), env.text("accountKey")
     if name and key:
         return StorageSettings(account_name=name, account_key=key, **common)
-    if account_url := env.text("VISIONARY_STORAGE_ACCOUNT_URL"):
+    if account_url := env.https_url("VISIONARY_STORAGE_ACCOUNT_URL"):
         return StorageSettings(account_url=account_url.rstrip("/"), **common)
     if connection_string := env.text("AzureWebJobsStorage"):
         return StorageSettings(connection_string=connection_string, **common)
     # The Functions host's own identity-based storage connection, when it has one, with its
     # user-assigned identity (__clientId) if it names one.
     client_id = env.text("AzureWebJobsStorage__clientId")
-    if service_uri := env.text("AzureWebJobsStorage__blobServiceUri"):
+    if service_uri := env.https_url("AzureWebJobsStorage__blobServiceUri"):
         return StorageSettings(account_url=service_uri.rstrip("/"), client_id=client_id, **common)
     if account := env.text("AzureWebJobsStorage__accountName"):
         return StorageSettings(account_url=f"https://{account}.blob.core.windows.net", client_id=client_id, **common)
@@ -226,6 +232,9 @@ def _with_problems(settings: Settings, problems: list[str]) -> Settings:
     return Settings(**{**settings.__dict__, "problems": tuple(problems)})
 
 
+_CONTAINER_NAME = re.compile(r"(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
+
+
 class _Reader:
     """Typed reads of an environment that note what is malformed instead of raising."""
 
@@ -236,6 +245,24 @@ class _Reader:
     def text(self, name: str) -> str | None:
         value = self.environ.get(name, "").strip()
         return value or None
+
+    def container_name(self, name: str, default: str) -> str:
+        """A blob container's name as storage accepts it (3-63 of a-z, 0-9 and single hyphens)."""
+        value = self.text(name)
+        if value is None:
+            return default
+        if not _CONTAINER_NAME.fullmatch(value):
+            self.problems.append(
+                f"{name} must be 3 to 63 lowercase letters, digits and single hyphens, not {value!r}."
+            )
+        return value
+
+    def https_url(self, name: str) -> str | None:
+        """An account URL for a managed identity, which signs in over HTTPS only."""
+        value = self.text(name)
+        if value is not None and not value.lower().startswith("https://"):
+            self.problems.append(f"{name} must be an https:// URL: a managed identity signs in over HTTPS only.")
+        return value
 
     def integer(self, name: str, default: int, low: int, high: int) -> int:
         return int(self.number(name, default, low, high, whole=True))
