@@ -10,7 +10,7 @@ import pytest
 from tests.azurite import Azurite, free_port
 from tests.conftest import start_local_host
 from tests.served import ROOT_ENV, ServedApp
-from visionary.localhost import HostConfig, LocalHost, routes_of
+from visionary.localhost import HostConfig, HostConfigError, LocalHost, routes_of
 
 
 async def test_the_node_frontends_calls_work_in_lower_case(http: httpx.AsyncClient, storage_env, monkeypatch):
@@ -52,7 +52,9 @@ async def test_an_unknown_route_is_404_json(http: httpx.AsyncClient):
         assert answer.json() == {"error": "No such endpoint.", "code": "not_found"}
 
 
-@pytest.mark.parametrize("path", ["/%2e%2e/function_app.py", "/..%2flocal.settings.example.json", "/web/../host.json"])
+@pytest.mark.parametrize(
+    "path", ["/%2e%2e/function_app.py", "/..%2flocal.settings.example.json", "/web/../host.json", "/%00"]
+)
 async def test_the_page_files_cannot_reach_outside_web(local_host: str, path: str):
     # Sent raw: httpx and browsers would resolve the dot segments before sending.
     reader, writer = await asyncio.open_connection("127.0.0.1", urlsplit(local_host).port)
@@ -122,6 +124,22 @@ async def test_the_page_and_the_api_description_are_served(http: httpx.AsyncClie
     assert (await http.get("/app.js")).headers["content-type"].startswith("text/javascript")
     spec = await http.get("/openapi.yaml")
     assert spec.status_code == 200 and "openapi: 3.1" in spec.text
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ('{"Values": {"OPENAI_API_KEY": "sk-',  "local.settings.json is not valid JSON"),
+        ('["not", "an", "object"]', "local.settings.json must hold a JSON object"),
+        ('{"Host": {"CORS": ["*"]}}', '"Host.CORS" and "routePrefix" are strings'),
+    ],
+)
+def test_a_local_settings_file_the_host_cannot_read_is_named(tmp_path, text: str, said: str):
+    (tmp_path / "local.settings.json").write_text(text)
+    with pytest.raises(HostConfigError) as error:
+        HostConfig.load(tmp_path)
+    assert said in str(error.value)
+    assert "sk-" not in str(error.value)  # the file holds keys: its text is never quoted
 
 
 def test_host_json_and_local_settings_are_read(tmp_path, monkeypatch):

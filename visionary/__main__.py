@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import socket
@@ -16,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from visionary.localhost import ROOT
+from visionary.localhost import ROOT, HostConfigError
 
 if TYPE_CHECKING:
     from visionary.migration import Report
@@ -32,16 +33,26 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("run", help="start Azurite and the local host together (make run)")
     for command in (serve, run):
         command.add_argument("--host", default="127.0.0.1")
-        command.add_argument("--port", type=int, default=7071)
+        command.add_argument("--port", type=_port, default=7071)
     migration = commands.add_parser("migrate", help="move the Node version's blobs into the naming scheme")
     migration.add_argument("--dry-run", action="store_true", help="list what would move, and change nothing")
     args = parser.parse_args(argv)
-    if args.command == "migrate":  # its report and no log lines: the storage SDK logs requests at INFO
-        return migrate(args.dry_run)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.command == "serve":
-        return serve_app(args.host, args.port)
-    return run_stack(args.host, args.port)
+    try:
+        if args.command == "migrate":  # its report and no log lines: the storage SDK logs requests at INFO
+            return migrate(args.dry_run)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        if args.command == "serve":
+            return serve_app(args.host, args.port)
+        return run_stack(args.host, args.port)
+    except HostConfigError as error:
+        print(error, file=sys.stderr)
+        return 1
+
+
+def _port(text: str) -> int:
+    if not (text.isdigit() and 1 <= int(text) <= 65535):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (1 to 65535)")
+    return int(text)
 
 
 def serve_app(host: str, port: int) -> int:
@@ -157,7 +168,9 @@ def _taken(host: str, port: int) -> str | None:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
-        except OSError:
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE:  # an address this machine does not have, say
+                return f"Cannot listen on {host} port {port}: {error.strerror or error}."
             return (f"Port {port} on {host} is already in use: stop what is using it, or choose another port "
                     f"(make run ARGS='--port {port + 1}', or --port with python -m visionary).")
     return None

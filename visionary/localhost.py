@@ -48,12 +48,19 @@ class HostConfig:
 
     @classmethod
     def load(cls, root: Path = ROOT) -> HostConfig:
+        """host.json and local.settings.json, as `func start` reads them; HostConfigError names what is wrong."""
         host = _read_json(root / "host.json")
         local = _read_json(root / "local.settings.json")
-        prefix = host.get("extensions", {}).get("http", {}).get("routePrefix", "api")
-        cors = local.get("Host", {}).get("CORS", "*")
-        values = {k: str(v) for k, v in local.get("Values", {}).items() if v not in (None, "")}
-        return cls(prefix.strip("/"), tuple(o.strip() for o in cors.split(",") if o.strip()), values)
+        try:
+            prefix = host.get("extensions", {}).get("http", {}).get("routePrefix", "api")
+            cors = local.get("Host", {}).get("CORS", "*")
+            values = {k: str(v) for k, v in local.get("Values", {}).items() if v not in (None, "")}
+            return cls(prefix.strip("/"), tuple(o.strip() for o in cors.split(",") if o.strip()), values)
+        except AttributeError:  # a list or a number where the host wants an object or a string
+            raise HostConfigError(
+                'host.json or local.settings.json does not have the shape the Functions host reads: '
+                '"Values" and "Host" are objects, "Host.CORS" and "routePrefix" are strings.'
+            ) from None
 
     def apply_values(self, environ: dict[str, str] = os.environ) -> None:
         """local.settings.json `Values` become settings; the environment wins."""
@@ -61,10 +68,20 @@ class HostConfig:
             environ.setdefault(name, value)
 
 
+class HostConfigError(ValueError):
+    """host.json or local.settings.json cannot be read; the message says which and where."""
+
+
 def _read_json(path: Path) -> dict:
     if not path.exists():
         return {}
-    return json.loads(path.read_text(encoding="utf-8-sig"))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise HostConfigError(f"{path.name} is not valid JSON ({error}); fix it or remove it.") from None
+    if not isinstance(data, dict):
+        raise HostConfigError(f"{path.name} must hold a JSON object.")
+    return data
 
 
 @dataclass(frozen=True)
@@ -164,6 +181,8 @@ class LocalHost:
         if name == "openapi.yaml":
             file = self.openapi
         else:
+            if "\x00" in name:  # no file has one, and the file system would refuse it with a ValueError
+                return _json_error(ApiError.not_found())
             file = (self.web_root / name).resolve()
             if self.web_root.resolve() not in file.parents:
                 return _json_error(ApiError.not_found())
