@@ -7,13 +7,15 @@ import sys
 from datetime import datetime
 from urllib.parse import unquote
 
+import pytest
+from azure.core.exceptions import ResourceModifiedError
 from azure.storage.blob.aio import ContainerClient
 from PIL import Image
 
 from tests.azurite import KEY, ROOT, Azurite
 from tests.conftest import ROOT_ENV, png_bytes
 from visionary import naming
-from visionary.migration import Action, Outcome, Report, migrate
+from visionary.migration import Action, Outcome, Report, _delete_source, describe, migrate
 from visionary.storage import Gallery
 
 # What the Node version left at the container root: {prompt}_{epoch ms}.png
@@ -158,6 +160,18 @@ async def test_a_run_interrupted_after_a_copy_is_resumed(container: ContainerCli
     names = set(await snapshot(container))
     assert copied not in names and target_of(copied) in names
     assert await read(container, target_of(copied)) == NODE_BLOBS[copied][1]
+
+
+async def test_a_source_rewritten_after_its_copy_is_kept(container: ContainerClient):
+    # The step after a verified copy: delete the source only as it was read (its ETag).
+    await container.create_container()
+    source = "cat_1700000000000.png"
+    as_read = await (await container.upload_blob(source, png_bytes(1))).get_blob_properties()
+    await container.upload_blob(source, png_bytes(2), overwrite=True)  # rewritten meanwhile
+    with pytest.raises(ResourceModifiedError) as changed:
+        await _delete_source(container, source, as_read.etag)
+    assert describe(changed.value) == "it changed while it was being moved; run again"
+    assert await (await container.download_blob(source)).readall() == png_bytes(2)
 
 
 async def test_other_bytes_under_the_target_name_are_a_conflict(container: ContainerClient, gallery: Gallery):
