@@ -104,6 +104,19 @@ async def test_the_cap_counts_per_utc_day_and_its_retry_after_reaches_midnight(c
     assert await blob_names(container) == ["cost-guard/2026-03-01.json", "cost-guard/2026-03-02.json"]
 
 
+async def test_a_burst_in_one_process_queues_for_the_count_instead_of_timing_out(container: ContainerClient):
+    # Racing each other on the count's ETag, two in three of 200 such requests ran out of time (503).
+    cap = DailyCap(container, 1000, timeout=10)
+
+    async def generation() -> None:
+        async with cap.slot():
+            await asyncio.sleep(0.2)  # the model at work
+
+    await asyncio.gather(*[generation() for _ in range(200)])
+    [day] = await blob_names(container, "cost-guard/")
+    assert json.loads(await (await container.download_blob(day)).readall()) == {"count": 200}
+
+
 # -- idempotency -------------------------------------------------------------
 
 
