@@ -95,6 +95,13 @@ AZURE_KEY = "azure-test-key-0123456789SECRET"
 
 
 @pytest.fixture
+def offline_env(storage_env: Azurite, monkeypatch: pytest.MonkeyPatch) -> Azurite:
+    """The app drawing and suggesting with the offline provider, on Azurite."""
+    monkeypatch.setenv("VISIONARY_PROVIDER", "offline")
+    return storage_env
+
+
+@pytest.fixture
 def openai_env(model_server: OpenAIServer, storage_env: Azurite, monkeypatch: pytest.MonkeyPatch) -> OpenAIServer:
     """The app pointed at the loopback server as an OpenAI-compatible service, and at Azurite."""
     monkeypatch.setenv("OPENAI_API_KEY", OPENAI_KEY)

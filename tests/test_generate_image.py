@@ -80,8 +80,7 @@ async def test_azure_openai_with_managed_identity(api: Api, azure_env: OpenAISer
     assert token_request.query["resource"] == "https://cognitiveservices.azure.com"
 
 
-async def test_offline_draws_the_same_picture_for_the_same_prompt(api: Api, storage_env, monkeypatch):
-    monkeypatch.setenv("VISIONARY_PROVIDER", "offline")
+async def test_offline_draws_the_same_picture_for_the_same_prompt(api: Api, offline_env):
     first = (await api.generate({"prompt": PROMPT})).json()
     second = (await api.generate({"prompt": PROMPT})).json()
     assert first["model"] == "offline" and first["blob"] != second["blob"]

@@ -17,13 +17,6 @@ from visionary import naming
 SAS_FIELDS = {"sv", "st", "se", "sr", "sp", "sig", "spr"}
 
 
-@pytest.fixture
-def offline_env(storage_env, monkeypatch):
-    """The app drawing with the offline provider, on Azurite."""
-    monkeypatch.setenv("VISIONARY_PROVIDER", "offline")
-    return storage_env
-
-
 @dataclass(frozen=True)
 class Bad:
     method: str

@@ -13,8 +13,7 @@ from tests.served import ROOT_ENV, ServedApp
 from visionary.localhost import HostConfig, HostConfigError, LocalHost, routes_of
 
 
-async def test_the_node_frontends_calls_work_in_lower_case(http: httpx.AsyncClient, storage_env, monkeypatch):
-    monkeypatch.setenv("VISIONARY_PROVIDER", "offline")
+async def test_the_node_frontends_calls_work_in_lower_case(http: httpx.AsyncClient, offline_env):
     created = await http.post("/api/generateimage", json={"prompt": "Cat in space, watercolor"})
     assert created.status_code == 201
     first = (await http.get("/api/getimages")).json()["imageUrls"][0]
@@ -73,9 +72,8 @@ async def test_the_body_cap_is_a_413_json(http: httpx.AsyncClient):
 
 @pytest.mark.parametrize("encoding", ["gzip", "deflate", "br"])
 async def test_a_compressed_body_is_passed_on_as_sent_and_answered_in_json(
-    http: httpx.AsyncClient, storage_env, monkeypatch, encoding
+    http: httpx.AsyncClient, offline_env, encoding
 ):
-    monkeypatch.setenv("VISIONARY_PROVIDER", "offline")
     # As on Azure: the Functions host does not inflate request bodies, so this is not JSON.
     body = gzip.compress(b'{"prompt": "A lighthouse"}')
     answer = await http.post("/api/generateImage", content=body, headers={"Content-Encoding": encoding})

@@ -130,8 +130,7 @@ async def test_no_prompt_or_model_error_can_forge_a_log_line(api: Api, openai_en
         pytest.param(UNREACHABLE_STORAGE.replace(ACCOUNT_KEY, "SECRET-key-not-base64"), id="key-not-base64"),
     ],
 )
-async def test_a_storage_failure_is_a_503_that_names_no_key(api: Api, storage_env, monkeypatch, connection_string):
-    monkeypatch.setenv("VISIONARY_PROVIDER", "offline")
+async def test_a_storage_failure_is_a_503_that_names_no_key(api: Api, offline_env, monkeypatch, connection_string):
     monkeypatch.setenv("VISIONARY_STORAGE_CONNECTION_STRING", connection_string)
     monkeypatch.setenv("VISIONARY_STORAGE_TIMEOUT_SECONDS", "1")
     key = connection_string.split("AccountKey=")[1].split(";")[0]

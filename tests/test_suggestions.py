@@ -53,8 +53,7 @@ async def test_an_empty_answer_is_an_upstream_error(api: Api, openai_env: OpenAI
     assert answer.status == 502 and answer.json()["code"] == "upstream_error"
 
 
-async def test_offline_suggestions_vary_and_name_genre_and_medium(api: Api, monkeypatch):
-    monkeypatch.setenv("VISIONARY_PROVIDER", "offline")
+async def test_offline_suggestions_vary_and_name_genre_and_medium(api: Api, offline_env):
     answers = [(await api.suggest()).text for _ in range(12)]
     assert len(set(answers)) > 1
     for text in answers:
