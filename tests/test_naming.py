@@ -63,6 +63,8 @@ def test_titles_follow_the_spec() -> None:
     assert title("x" * 500) == "x" * 120
     assert title("___ /// \\\\") == "untitled"
     assert title("") == "untitled"
+    assert title("\u200b\u200c\u2060\ufeff") == "untitled"  # zero-width only: nothing to see
+    assert title("a\u200bb") == "a\u200bb"  # inside a visible title, kept as written
 
 
 def test_names_of_the_node_version_are_read() -> None:

@@ -60,7 +60,8 @@ def title_from_prompt(prompt: str) -> str:
     text = unicodedata.normalize("NFC", text)
     text = _SEPARATORS.sub(" ", text)
     text = text.strip()[:MAX_TITLE_CHARS].rstrip()
-    return text or UNTITLED
+    # Zero-width characters alone (U+200B, U+2060, ...) would make a title nobody can see.
+    return text if any(unicodedata.category(ch) != "Cf" for ch in text) else UNTITLED
 
 
 # Bidirectional overrides and marks: in a name shown in a list they can make "cat_gnp.exe"
