@@ -89,7 +89,7 @@ IMAGE_ERRORS = {
 class Behaviour:
     """How the server answers; tests change it before making requests."""
 
-    shape: str = "b64_json"  # or "url"
+    shape: str = "b64_json"  # or "url", or "redirect" (a URL that answers 302 to the file)
     image: bytes = b""
     revised_prompt: str | None = None
     error: str | None = None  # a key of IMAGE_ERRORS, or: slow, malformed_json, truncated_b64, html_url
@@ -138,6 +138,7 @@ class OpenAIServer:
         app.router.add_post("/openai/deployments/{deployment}/images/generations", self._azure(self._images))
         app.router.add_post("/openai/deployments/{deployment}/chat/completions", self._azure(self._chat))
         app.router.add_get("/files/{name}", self._file)
+        app.router.add_get("/moved/{name}", self._moved)
         app.router.add_get("/msi/token", self._identity_token)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
         await self._runner.setup()
@@ -179,9 +180,9 @@ class OpenAIServer:
         if b.error == "malformed_json":
             return web.Response(text='{"created": 1, "data": [{"b64_json": "iVBOR', content_type="application/json")
         item: dict[str, str] = {}
-        if b.shape == "url" or b.error == "html_url":
+        if b.shape in ("url", "redirect") or b.error == "html_url":
             name = "page.html" if b.error == "html_url" else f"{next(self._ids)}.png"
-            item["url"] = f"{self.url}/files/{name}"
+            item["url"] = f"{self.url}/{'moved' if b.shape == 'redirect' else 'files'}/{name}"
         else:
             encoded = self._base64(b.image)
             item["b64_json"] = encoded[: len(encoded) // 2] if b.error == "truncated_b64" else encoded
@@ -234,6 +235,10 @@ class OpenAIServer:
         if request.match_info["name"].endswith(".html"):
             return web.Response(text="<!doctype html><title>Sign in</title>", content_type="text/html")
         return web.Response(body=self.behaviour.image, content_type="image/png")
+
+    async def _moved(self, request: web.Request) -> web.StreamResponse:
+        await self._record(request)
+        raise web.HTTPFound(f"/files/{request.match_info['name']}")
 
     async def _identity_token(self, request: web.Request) -> web.StreamResponse:
         """App Service's managed identity endpoint (IDENTITY_ENDPOINT, api-version 2019-08-01)."""

@@ -57,6 +57,14 @@ async def test_an_image_url_answer_is_downloaded(api: Api, openai_env: OpenAISer
     assert (await fetch(answer.json()["url"])).content == openai_env.behaviour.image
 
 
+async def test_an_image_url_that_redirects_is_followed(api: Api, openai_env: OpenAIServer):
+    openai_env.behaviour.shape = "redirect"  # as a link to a CDN or a signed storage URL may
+    answer = await api.generate({"prompt": PROMPT})
+    assert answer.status == 201, answer.body
+    assert [c.path.split("/")[1] for c in openai_env.calls][-2:] == ["moved", "files"]
+    assert (await fetch(answer.json()["url"])).content == openai_env.behaviour.image
+
+
 async def test_azure_openai_with_a_key(api: Api, azure_env: OpenAIServer):
     answer = await api.generate({"prompt": PROMPT})
     assert answer.status == 201, answer.body
