@@ -2,8 +2,9 @@
 
 Two signers share one shape: `AccountKeySigner` makes a service SAS from the
 account key; the managed-identity path makes a user-delegation SAS. Both are
-read-only, container-scoped, start five minutes back (clock skew) and are
-HTTPS-only whenever the account endpoint is HTTPS.
+read-only, container-scoped, HTTPS-only whenever the account endpoint is HTTPS,
+and signed for windows handed out in steps (`SasPolicy.window`), so that links
+stay the same, and cached, from one gallery refresh to the next.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from azure.storage.blob.aio import BlobServiceClient
 from visionary.errors import ApiError
 
 CLOCK_SKEW = timedelta(minutes=5)
+MAX_WINDOW_STEP = timedelta(minutes=5)
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 PERMISSIONS = "r"
 # A delegation key is fetched to last an hour beyond the link it first signs, and reused
 # for every later link that ends before it does, while more than five minutes remain.
@@ -72,9 +75,20 @@ class SasPolicy:
     def base_url(self) -> str:
         return self.public_base_url or self.container_url
 
+    @property
+    def step(self) -> timedelta:
+        """How long one window is handed out: a sixth of the TTL, at most five minutes."""
+        return min(MAX_WINDOW_STEP, self.ttl / 6)
+
     def window(self, now: datetime | None = None) -> tuple[datetime, datetime]:
+        """Start and expiry of a link signed `now`: the same for every link of one step.
+
+        Links that do not change from one gallery refresh to the next stay in the browser's
+        (and a CDN's) cache: the blobs are immutable. Each lives at least the TTL from now.
+        """
         now = now or datetime.now(timezone.utc)
-        return now - CLOCK_SKEW, (now + self.ttl).replace(microsecond=0)
+        issued = _EPOCH + (now - _EPOCH) // self.step * self.step
+        return issued - CLOCK_SKEW, (issued + self.step + self.ttl).replace(microsecond=0)
 
     def read_sas(
         self,
