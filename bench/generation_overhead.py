@@ -79,16 +79,15 @@ async def _overhead(azurite: Azurite, model_url: str, image: bytes) -> None:
     session = aiohttp.ClientSession(headers={"authorization": "Bearer sk-bench"})
     request_body = {"model": "gpt-image-2", "prompt": "A lighthouse", "n": 1}
 
-    async def http_then_upload() -> None:
-        """The same without the SDK: one POST on aiohttp, json.loads, decode, upload."""
-        async with session.post(f"{model_url}/v1/images/generations", json=request_body) as answer:
-            b64 = json.loads(await answer.read())["data"][0]["b64_json"]
-        await bare_upload(pybase64.b64decode(b64, validate=True))
-
-    async def receive() -> None:
+    async def receive() -> bytes:
         """The model's answer arriving, and nothing else: no parsing, no decoding, no upload."""
         async with session.post(f"{model_url}/v1/images/generations", json=request_body) as answer:
-            await answer.read()
+            return await answer.read()
+
+    async def http_then_upload() -> None:
+        """The same without the SDK: one POST on aiohttp, json.loads, decode, upload."""
+        b64 = json.loads(await receive())["data"][0]["b64_json"]
+        await bare_upload(pybase64.b64decode(b64, validate=True))
 
     async def staged_blocks() -> None:
         """What overlapping the download with the upload would need: Put Block, then Put Block List."""

@@ -18,7 +18,7 @@ import httpx
 import pybase64
 
 from visionary.errors import ApiError
-from visionary.models import call_model
+from visionary.models import MALFORMED_ANSWER, call_model
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 DOWNLOAD_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
@@ -83,14 +83,11 @@ class ModelImages:
 
 
 def _first_picture(response: object) -> tuple[str | None, str | None, str | None]:
-    """The first picture's base64, link and revised prompt, each None unless it is text.
-
-    The SDK does not validate answers: a compatible server may send any JSON, or HTML.
-    """
+    """The first picture's base64, link and revised prompt, each None unless it is text."""
     try:
         image = response.data[0]
         fields = (image.b64_json, image.url, image.revised_prompt)
-    except (AttributeError, TypeError, IndexError, KeyError):
+    except MALFORMED_ANSWER:
         return None, None, None
     b64_json, url, revised_prompt = (value if isinstance(value, str) and value else None for value in fields)
     return b64_json, url, revised_prompt

@@ -31,6 +31,9 @@ AZURE_SCOPE = "https://cognitiveservices.azure.com/.default"
 DEFAULT_RETRY_AFTER_SECONDS = 10
 MAX_RETRY_AFTER_SECONDS = 24 * 60 * 60
 T = TypeVar("T")
+# What reading an answer's fields can raise: the SDK does not validate answers, so a
+# compatible server's any JSON (or HTML) reaches its callers as it came.
+MALFORMED_ANSWER = (AttributeError, TypeError, IndexError, KeyError)
 _ERROR_CODE = re.compile(r"\d{3}|[A-Za-z][A-Za-z_]{0,39}")
 
 
@@ -90,7 +93,9 @@ async def call_model(
     except openai.APITimeoutError as error:
         if failure := _unreachable(error):
             log.warning("model service unreachable: %s", type(failure).__name__)
-            raise ApiError.upstream_error("The model service could not be reached; check its endpoint setting.") from None
+            raise ApiError.upstream_error(
+                "The model service could not be reached; check its endpoint setting."
+            ) from None
         raise ApiError.upstream_timeout() from None
     except TimeoutError:
         raise ApiError.upstream_timeout() from None

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from visionary.errors import ApiError
-from visionary.models import call_model
+from visionary.models import MALFORMED_ANSWER, call_model
 
 # Reasoning models spend part of this budget thinking; the prompt itself is short.
 MAX_COMPLETION_TOKENS = 1000
@@ -64,12 +64,9 @@ class ChatSuggestions:
 
 
 def _first_text(completion: object) -> str:
-    """The first choice's text, cleaned; empty when there is none.
-
-    The SDK does not validate answers: a compatible server may send any JSON, or HTML.
-    """
+    """The first choice's text, cleaned; empty when there is none (or the answer is malformed)."""
     try:
         content = completion.choices[0].message.content
-    except (AttributeError, TypeError, IndexError, KeyError):
+    except MALFORMED_ANSWER:
         return ""
     return clean(content) if isinstance(content, str) else ""
