@@ -12,9 +12,13 @@ import time
 import pytest
 
 from tests.azurite import Azurite, free_port
-from tests.conftest import Api
+from tests.conftest import Api, png_bytes
+from visionary import naming
+from visionary.settings import Settings
+from visionary.storage import Gallery
 
 TIMEOUT = 2.0
+NOW = 1_763_700_000_000
 
 
 @pytest.fixture
@@ -28,6 +32,19 @@ def own_azurite(monkeypatch, container_name):
     if server.process and server.process.poll() is None:
         os.kill(server.process.pid, signal.SIGCONT)
     server.stop()
+
+
+async def eventually(check, within: float = 20.0) -> bool:
+    deadline = time.monotonic() + within
+    while not await check():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.2)
+    return True
+
+
+async def _absent(blob) -> bool:
+    return not await blob.exists()
 
 
 async def timed(call):
@@ -90,3 +107,31 @@ async def test_a_storage_outage_during_cleanup_keeps_the_requests_own_error(
     finally:
         os.kill(own_azurite.process.pid, signal.SIGCONT)
     assert answer.status == 400 and answer.json()["code"] == "content_policy_violation"
+
+
+async def test_cleanup_of_a_timed_out_upload_leaves_another_requests_picture_alone(own_azurite: Azurite):
+    # Two uploads are held by frozen storage and given up on. Once it thaws, the one whose
+    # name was free lands and is removed again; the one whose name another request's
+    # picture already holds is refused by storage, and that picture must stay.
+    gallery = Gallery.from_settings(Settings.from_env().require_storage())
+    try:
+        gallery.clock = lambda: NOW
+        theirs = await gallery.upload(png_bytes(1), "image/png", "a taken name")
+        os.kill(own_azurite.process.pid, signal.SIGSTOP)
+        try:
+            failures = await asyncio.gather(
+                gallery.upload(png_bytes(2), "image/png", "a taken name"),
+                gallery.upload(png_bytes(3), "image/png", "a free name"),
+                return_exceptions=True,
+            )
+        finally:
+            os.kill(own_azurite.process.pid, signal.SIGCONT)
+        assert all(isinstance(failure, TimeoutError) for failure in failures), failures
+        free = gallery.container.get_blob_client(naming.name_for("a free name", NOW, "image/png").blob)
+        assert await eventually(free.exists)  # the held upload lands once storage thaws ...
+        assert await eventually(lambda: _absent(free))  # ... and the clean-up removes it
+        await asyncio.sleep(1.0)  # both clean-ups looked at their names at the same moment
+        taken = gallery.container.get_blob_client(theirs.name.blob)
+        assert await (await taken.download_blob()).readall() == png_bytes(1)
+    finally:
+        await gallery.close()
