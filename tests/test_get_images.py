@@ -118,6 +118,9 @@ async def test_without_storage_settings_both_endpoints_say_what_to_set(api: Api)
         ({"VISIONARY_CONTAINER": "Gallery_Images"}, "VISIONARY_CONTAINER"),
         ({"VISIONARY_SYSTEM_CONTAINER": "images"}, "VISIONARY_SYSTEM_CONTAINER"),  # the gallery's own
         ({"VISIONARY_STORAGE_ACCOUNT_URL": "http://127.0.0.1:10000/devstoreaccount1"}, "https://"),
+        # The portal's "Blob service SAS URL": its SAS would ride along in every link.
+        ({"VISIONARY_STORAGE_ACCOUNT_URL": "https://acct.blob.core.windows.net/?sv=2022-11-02&sp=rwdlac&sig=S3CRET"},
+         "without a query"),
     ],
 )
 async def test_a_storage_setting_that_can_never_work_is_named_not_retried(api: Api, monkeypatch, settings, named):

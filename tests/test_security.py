@@ -5,10 +5,12 @@ import logging
 import subprocess
 import sys
 import uuid
+from datetime import datetime, timedelta, timezone
 from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
 from azure.storage.blob.aio import ContainerClient
 
 from tests.azurite import KEY as ACCOUNT_KEY
@@ -169,3 +171,29 @@ async def test_the_gallery_sas_cannot_read_the_system_container(
     assert gallery_read.status_code == 200  # the token works: its scope is what stops it
     assert (system_read.status_code, system_list.status_code) == (403, 403)
     assert b"count" not in system_read.content
+
+
+async def test_a_sas_in_the_storage_endpoint_never_reaches_an_answer(
+    api: Api, offline_env, storage_env, container_name, monkeypatch
+):
+    # A connection string whose BlobEndpoint carries a SAS of its own (written, listing, deleting):
+    # the SDK keeps it in the client's URL, and links are built on that URL.
+    powerful = generate_account_sas(
+        "devstoreaccount1", ACCOUNT_KEY, ResourceTypes(service=True, container=True, object=True),
+        AccountSasPermissions(read=True, write=True, delete=True, list=True, create=True),
+        datetime.now(timezone.utc) + timedelta(hours=1),
+    )
+    endpoint = storage_env.blob_endpoint
+    monkeypatch.setenv(
+        "VISIONARY_STORAGE_CONNECTION_STRING",
+        storage_env.connection_string.replace(f"BlobEndpoint={endpoint};", f"BlobEndpoint={endpoint}?{powerful};"),
+    )
+    created = await api.generate({"prompt": PROMPT})
+    answers = [created, await api.get_images(), await api.call("sasToken")]
+    assert [answer.status for answer in answers] == [201, 200, 200]
+    powerful_sig = parse_qs(powerful)["sig"][0]
+    for answer in answers:
+        assert powerful_sig.encode() not in answer.body and b"sp=rwdlc" not in answer.body, answer.body
+    assert answers[2].json()["containerUrl"] == f"{endpoint}/{container_name}"
+    async with httpx.AsyncClient() as http:  # and the links still work
+        assert (await http.get(created.json()["url"])).status_code == 200

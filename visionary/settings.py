@@ -262,6 +262,9 @@ class _Reader:
         value = self.text(name)
         if value is not None and not value.lower().startswith("https://"):
             self.problems.append(f"{name} must be an https:// URL: a managed identity signs in over HTTPS only.")
+        elif value is not None and ("?" in value or "#" in value):
+            # A SAS pasted from the portal would ride along in every link the app hands out.
+            self.problems.append(f"{name} must be the account's URL alone, without a query or a SAS.")
         return value
 
     def integer(self, name: str, default: int, low: int, high: int) -> int:

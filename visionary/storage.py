@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from urllib.parse import quote, unquote
+from urllib.parse import quote, unquote, urlsplit
 
 from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceNotFoundError
@@ -110,7 +110,7 @@ class Gallery:
         policy = SasPolicy(
             account_name=service.account_name,
             container=settings.container,
-            container_url=container.url.rstrip("/"),
+            container_url=_bare_url(container.url),
             ttl=timedelta(minutes=settings.sas_ttl_minutes),
             public_base_url=settings.public_base_url,
         )
@@ -266,6 +266,11 @@ def _managed_identity(client_id: str | None = None):
 
     # Without a client id, DefaultAzureCredential takes AZURE_CLIENT_ID, or the system-assigned identity.
     return DefaultAzureCredential(managed_identity_client_id=client_id) if client_id else DefaultAzureCredential()
+
+
+def _bare_url(url: str) -> str:
+    """The URL without its query: a client built on a SAS carries it there, and links must not."""
+    return urlsplit(url)._replace(query="", fragment="").geturl().rstrip("/")
 
 
 def open_service_client(settings: StorageSettings, credential: object | None = None) -> BlobServiceClient:
