@@ -13,7 +13,7 @@ from typing import IO
 from tests.azurite import ROOT, stop_process, wait_until_listening
 
 # Settings the app reads: every test starts with none of them and sets its own.
-APP_SETTINGS = ("VISIONARY_", "OPENAI_", "AZURE_OPENAI_", "accountName", "accountKey", "AzureWebJobsStorage")
+APP_SETTINGS = ("VISIONARY_", "OPENAI_", "AZURE_OPENAI_", "accountName", "accountKey", "AzureWebJobsStorage", "AZURE_CLIENT_ID")
 # The environment of an app process: this machine's, less every app setting.
 ROOT_ENV = {name: value for name, value in os.environ.items() if not name.startswith(APP_SETTINGS)}
 

@@ -1,5 +1,6 @@
 import logging
 import time
+import uuid
 from datetime import timedelta
 
 import httpx
@@ -75,10 +76,14 @@ async def test_azure_openai_with_a_key(api: Api, azure_env: OpenAIServer):
     assert answer.json()["model"] == "gallery-images"
 
 
-async def test_azure_openai_with_managed_identity(api: Api, azure_env: OpenAIServer, monkeypatch):
+@pytest.mark.parametrize("user_assigned", [None, "AZURE_CLIENT_ID", "AzureWebJobsStorage__clientId"])
+async def test_azure_openai_with_managed_identity(api: Api, azure_env: OpenAIServer, monkeypatch, user_assigned):
     monkeypatch.delenv("AZURE_OPENAI_API_KEY")
     monkeypatch.setenv("IDENTITY_ENDPOINT", f"{azure_env.url}/msi/token")
     monkeypatch.setenv("IDENTITY_HEADER", azure_env.identity_header)
+    client_id = str(uuid.uuid4())
+    if user_assigned:
+        monkeypatch.setenv(user_assigned, client_id)
     answer = await api.generate({"prompt": PROMPT})
     assert answer.status == 201, answer.body
     [call] = azure_env.model_calls()
@@ -86,6 +91,7 @@ async def test_azure_openai_with_managed_identity(api: Api, azure_env: OpenAISer
     assert "api-key" not in call.headers
     [token_request] = [c for c in azure_env.calls if c.path == "/msi/token"]
     assert token_request.query["resource"] == "https://cognitiveservices.azure.com"
+    assert token_request.query.get("client_id") == (client_id if user_assigned else None)
 
 
 async def test_offline_draws_the_same_picture_for_the_same_prompt(api: Api, offline_env):

@@ -105,12 +105,15 @@ async def test_fifty_links_cost_one_delegation_key(keyless_app: ServedApp, oauth
     assert delegation_key_requests(oauth_azurite) - before == 1
 
 
-async def test_the_hosts_identity_based_connection_with_a_user_assigned_identity(
-    oauth_azurite: Azurite, tls, model_server: OpenAIServer
+@pytest.mark.parametrize("account_setting", ["AzureWebJobsStorage__blobServiceUri", "VISIONARY_STORAGE_ACCOUNT_URL"])
+async def test_a_user_assigned_identity_named_for_the_host_signs_the_app_in(
+    oauth_azurite: Azurite, tls, model_server: OpenAIServer, account_setting: str
 ):
+    # An app with only a user-assigned identity names it once, for the Functions host's own
+    # storage connection; the app's storage signs in as the same identity.
     client_id = str(uuid.uuid4())
     env = keyless_env(tls, model_server, **{
-        "AzureWebJobsStorage__blobServiceUri": oauth_azurite.blob_endpoint,
+        account_setting: oauth_azurite.blob_endpoint,
         "AzureWebJobsStorage__credential": "managedidentity",
         "AzureWebJobsStorage__clientId": client_id,
     })

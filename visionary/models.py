@@ -22,6 +22,7 @@ import openai
 from azure.core.exceptions import ClientAuthenticationError
 
 from visionary.errors import ApiError
+from visionary.identity import managed_identity
 from visionary.settings import ModelSettings
 
 log = logging.getLogger("visionary")
@@ -68,9 +69,9 @@ def open_service(settings: ModelSettings) -> ModelService:
     azure = dict(azure_endpoint=settings.azure_endpoint, api_version=settings.api_version, **common)
     if settings.azure_api_key:
         return ModelService(openai.AsyncAzureOpenAI(api_key=settings.azure_api_key, **azure))
-    from azure.identity.aio import DefaultAzureCredential, get_bearer_token_provider
+    from azure.identity.aio import get_bearer_token_provider
 
-    credential = DefaultAzureCredential()
+    credential = managed_identity(settings.client_id)
     token_provider = get_bearer_token_provider(credential, AZURE_SCOPE)
     return ModelService(openai.AsyncAzureOpenAI(azure_ad_token_provider=token_provider, **azure), credential)
 

@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from visionary import identity
 from visionary.errors import ApiError
 
 DEFAULT_CONTAINER = "images"
@@ -79,6 +80,7 @@ class ModelSettings:
     openai_base_url: str | None = None
     azure_endpoint: str | None = None
     azure_api_key: str | None = None  # None: Microsoft Entra ID via DefaultAzureCredential
+    client_id: str | None = None  # a user-assigned managed identity's, for that sign-in
     api_version: str = DEFAULT_AZURE_API_VERSION
     image_deployment: str | None = None
     chat_deployment: str | None = None
@@ -179,13 +181,12 @@ def _storage(env: _Reader) -> StorageSettings | None:
     name, key = env.text("accountName"), env.text("accountKey")
     if name and key:
         return StorageSettings(account_name=name, account_key=key, **common)
+    client_id = identity.client_id(env.environ)
     if account_url := env.https_url("VISIONARY_STORAGE_ACCOUNT_URL"):
-        return StorageSettings(account_url=account_url.rstrip("/"), **common)
+        return StorageSettings(account_url=account_url.rstrip("/"), client_id=client_id, **common)
     if connection_string := env.text("AzureWebJobsStorage"):
         return StorageSettings(connection_string=connection_string, **common)
-    # The Functions host's own identity-based storage connection, when it has one, with its
-    # user-assigned identity (__clientId) if it names one.
-    client_id = env.text("AzureWebJobsStorage__clientId")
+    # The Functions host's own identity-based storage connection, when it has one.
     if service_uri := env.https_url("AzureWebJobsStorage__blobServiceUri"):
         return StorageSettings(account_url=service_uri.rstrip("/"), client_id=client_id, **common)
     if account := env.text("AzureWebJobsStorage__accountName"):
@@ -215,6 +216,7 @@ def _models(env: _Reader) -> ModelSettings:
         openai_base_url=env.text("OPENAI_BASE_URL"),
         azure_endpoint=env.text("AZURE_OPENAI_ENDPOINT"),
         azure_api_key=env.text("AZURE_OPENAI_API_KEY"),
+        client_id=identity.client_id(env.environ),
         api_version=env.text("OPENAI_API_VERSION") or DEFAULT_AZURE_API_VERSION,
         image_deployment=env.text("AZURE_OPENAI_IMAGE_DEPLOYMENT") or image_model,
         chat_deployment=env.text("AZURE_OPENAI_CHAT_DEPLOYMENT") or suggestion_model,

@@ -29,6 +29,7 @@ from azure.storage.blob.aio import BlobServiceClient, ContainerClient, LinearRet
 
 from visionary import naming
 from visionary.errors import ApiError
+from visionary.identity import managed_identity
 from visionary.sas import AccountKeySigner, ReadSas, ReadSigner, SasPolicy, UserDelegationSigner
 from visionary.settings import StorageSettings
 
@@ -104,7 +105,7 @@ class Gallery:
 
     @classmethod
     def from_settings(cls, settings: StorageSettings) -> Gallery:
-        credential = _managed_identity(settings.client_id) if settings.account_url else None
+        credential = managed_identity(settings.client_id) if settings.account_url else None
         service = open_service_client(settings, credential)
         container = service.get_container_client(settings.container)
         policy = SasPolicy(
@@ -259,13 +260,6 @@ async def ensure_container(container: ContainerClient) -> None:
         await container.create_container()
     except ResourceExistsError:
         pass
-
-
-def _managed_identity(client_id: str | None = None):
-    from azure.identity.aio import DefaultAzureCredential  # loaded for keyless storage only
-
-    # Without a client id, DefaultAzureCredential takes AZURE_CLIENT_ID, or the system-assigned identity.
-    return DefaultAzureCredential(managed_identity_client_id=client_id) if client_id else DefaultAzureCredential()
 
 
 def _bare_url(url: str) -> str:
