@@ -15,6 +15,7 @@ import base64
 import itertools
 import json
 import time
+import uuid
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -97,6 +98,7 @@ class Behaviour:
     file_delay: float = 0.0  # seconds before a picture behind a URL answer is served
     retry_after: str = "7"
     raw_answer: tuple[str, str] | None = None  # (body, content type): a 200 that breaks the protocol
+    link: str | None = None  # the image link to answer with, as given (a broken one, say)
     suggestion: str = '"A lighthouse on a cliff at dusk, impressionism, oil painting"'
 
 
@@ -180,7 +182,9 @@ class OpenAIServer:
         if b.error == "malformed_json":
             return web.Response(text='{"created": 1, "data": [{"b64_json": "iVBOR', content_type="application/json")
         item: dict[str, str] = {}
-        if b.shape in ("url", "redirect") or b.error == "html_url":
+        if b.link is not None:
+            item["url"] = b.link
+        elif b.shape in ("url", "redirect") or b.error == "html_url":
             name = "page.html" if b.error == "html_url" else f"{next(self._ids)}.png"
             item["url"] = f"{self.url}/{'moved' if b.shape == 'redirect' else 'files'}/{name}"
         else:
@@ -265,8 +269,9 @@ def _json_bytes(answer: dict) -> bytes:
     encoded = item.pop("b64_json", None)
     if encoded is None:
         return json.dumps(answer).encode()
-    item["b64_json"] = "\0"
-    head, tail = json.dumps(answer).encode().split(b"\\u0000")
+    marker = uuid.uuid4().hex  # stands in for the base64, and nothing else in the answer can be it
+    item["b64_json"] = marker
+    head, tail = json.dumps(answer).encode().split(marker.encode())
     return b"".join((head, encoded, tail))
 
 

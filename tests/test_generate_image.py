@@ -66,6 +66,28 @@ async def test_an_image_url_that_redirects_is_followed(api: Api, openai_env: Ope
     assert (await fetch(answer.json()["url"])).content == openai_env.behaviour.image
 
 
+@pytest.mark.parametrize(
+    "link",
+    ["http://127.0.0.1:99999/x.png?sig=S", "http://[::1/x.png", "http://127.0.0.1:9/x\u0000.png",
+     "http://\u00e9xample..com/x.png", "ftp://127.0.0.1/x.png", "/files/relative.png", ""],
+)
+async def test_a_broken_image_link_is_the_model_services_error(
+    api: Api, openai_env: OpenAIServer, container, link: str
+):
+    openai_env.behaviour.link = link
+    answer = await api.generate({"prompt": PROMPT})
+    assert (answer.status, answer.json()["code"]) == (502, "upstream_error"), answer.body
+    assert b"sig=S" not in answer.body
+    assert await blob_names(container) == []
+
+
+async def test_model_text_that_cannot_be_stored_is_cleaned_not_a_500(api: Api, openai_env: OpenAIServer):
+    openai_env.behaviour.revised_prompt = "A lone \ud800 surrogate and a NUL\x00 in a revised prompt"
+    answer = await api.generate({"prompt": PROMPT})
+    assert answer.status == 201, answer.body
+    assert answer.json()["revisedPrompt"] == "A lone  surrogate and a NUL in a revised prompt"
+
+
 async def test_azure_openai_with_a_key(api: Api, azure_env: OpenAIServer):
     answer = await api.generate({"prompt": PROMPT})
     assert answer.status == 201, answer.body

@@ -22,6 +22,15 @@ async def test_a_chat_suggestion_is_plain_trimmed_text(api: Api, openai_env: Ope
     assert "genre" in request and "oil painting" in request
 
 
+async def test_a_suggestion_can_always_be_drawn(api: Api, openai_env: OpenAIServer):
+    # A model's text with what a prompt may not hold: the "Use suggestion" button must still work.
+    openai_env.behaviour.suggestion = "A \ud800 koi\x00 pond\x1b[31m in \u202eautumn"
+    suggestion = await api.suggest()
+    assert suggestion.status == 200
+    assert suggestion.text == "A  koi pond[31m in \u202eautumn"
+    assert (await api.generate({"prompt": suggestion.text})).status == 201
+
+
 async def test_azure_uses_the_chat_deployment(api: Api, azure_env: OpenAIServer):
     answer = await api.suggest()
     assert answer.status == 200

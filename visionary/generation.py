@@ -17,6 +17,7 @@ from visionary.guards import DailyCap, IdempotencyLedger, fingerprint
 from visionary.sas import ReadSas
 from visionary.settings import ModelSettings
 from visionary.storage import Gallery, StoredImage
+from visionary.text import forbidden
 
 if TYPE_CHECKING:  # the providers pull in openai and httpx: loaded on first use, not at start-up
     from visionary.images import ImageProvider
@@ -44,14 +45,9 @@ def _prompt(value: object, max_chars: int) -> str:
         raise ApiError.invalid_prompt('"prompt" is empty; describe the picture to draw.')
     if len(prompt) > max_chars:
         raise ApiError.prompt_too_long(max_chars)
-    if any(_forbidden(ch) for ch in prompt):
+    if any(forbidden(ch) for ch in prompt):
         raise ApiError.invalid_prompt('"prompt" contains control characters or invalid Unicode.')
     return prompt
-
-
-def _forbidden(ch: str) -> bool:
-    code = ord(ch)
-    return (code < 0x20 and ch not in "\t\n\r") or code == 0x7F or 0xD800 <= code <= 0xDFFF
 
 
 def _size(value: object, models: ModelSettings) -> str:

@@ -19,6 +19,7 @@ import pybase64
 
 from visionary.errors import ApiError
 from visionary.models import MALFORMED_ANSWER, call_model
+from visionary.text import without_forbidden
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 DOWNLOAD_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
@@ -90,7 +91,7 @@ def _first_picture(response: object) -> tuple[str | None, str | None, str | None
     except MALFORMED_ANSWER:
         return None, None, None
     b64_json, url, revised_prompt = (value if isinstance(value, str) and value else None for value in fields)
-    return b64_json, url, revised_prompt
+    return b64_json, url, without_forbidden(revised_prompt) if revised_prompt else None
 
 
 def decode_base64(text: str) -> bytes:
@@ -108,9 +109,9 @@ def decode_base64(text: str) -> bytes:
 async def download(client: httpx.AsyncClient, url: str) -> bytes:
     """Fetch an image the model links to: bounded in time and size."""
     try:
-        async with client.stream("GET", url) as response:
+        async with client.stream("GET", _link(url)) as response:
             if response.status_code != 200:
-                raise ApiError.upstream_error("The image link from the model service did not work.")
+                raise _broken_link()
             declared = response.headers.get("content-length")
             if declared and declared.isdigit() and int(declared) > MAX_IMAGE_BYTES:
                 raise _too_large()
@@ -124,7 +125,22 @@ async def download(client: httpx.AsyncClient, url: str) -> bytes:
     except httpx.TimeoutException:
         raise ApiError.upstream_timeout() from None
     except httpx.HTTPError:
-        raise ApiError.upstream_error("The image link from the model service did not work.") from None
+        raise _broken_link() from None
+
+
+def _link(url: str) -> httpx.URL:
+    """The model's link, if it is one to fetch: httpx fails on the others with errors of every kind."""
+    try:
+        link = httpx.URL(url)
+    except httpx.InvalidURL:
+        raise _broken_link() from None
+    if link.scheme not in ("http", "https") or not link.host or not 0 < (link.port or 80) < 65536:
+        raise _broken_link()
+    return link
+
+
+def _broken_link() -> ApiError:
+    return ApiError.upstream_error("The image link from the model service did not work.")
 
 
 def _too_large() -> ApiError:

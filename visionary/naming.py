@@ -72,8 +72,9 @@ _BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u20
 def _allowed(ch: str) -> bool:
     category = unicodedata.category(ch)
     # Cc: control characters. Cs: lone surrogates (cannot be encoded in a URL).
-    # Cn: unassigned code points and non-characters such as U+FFFF.
-    return category not in ("Cc", "Cs", "Cn") and ch not in _BIDI_CONTROLS
+    # Cn: unassigned code points and non-characters such as U+FFFF. Co: private use
+    # (U+E000 and on, Apple's logo U+F8FF), which Azure's naming rules say cannot be used.
+    return category not in ("Cc", "Cs", "Cn", "Co") and ch not in _BIDI_CONTROLS
 
 
 def name_for(prompt: str, ts: int, content_type: str = "image/png") -> BlobName:

@@ -11,6 +11,7 @@ from typing import Protocol
 
 from visionary.errors import ApiError
 from visionary.models import MALFORMED_ANSWER, call_model
+from visionary.text import without_forbidden
 
 # Reasoning models spend part of this budget thinking; the prompt itself is short.
 MAX_COMPLETION_TOKENS = 1000
@@ -31,8 +32,8 @@ class SuggestionProvider(Protocol):
 
 
 def clean(text: str) -> str:
-    """Trimmed, without the quotes models like to wrap a prompt in."""
-    text = text.strip()
+    """Trimmed, without the quotes models like to wrap a prompt in: a prompt generateImage takes."""
+    text = without_forbidden(text).strip()
     while len(text) >= 2 and _QUOTES.get(text[0]) == text[-1]:
         text = text[1:-1].strip()
     return text
