@@ -84,6 +84,19 @@ async def test_a_bad_limit_is_a_400(api: Api, storage_env, query: str):
     assert answer.json() == {"error": "limit must be a whole number from 1 to 500.", "code": "invalid_parameter"}
 
 
+async def test_a_page_ending_at_a_long_foreign_name_walks_on(api: Api, gallery: Gallery, container):
+    # Blobs a person or the old app wrote, one with a name of 400 emoji. A page that ends at
+    # it has that name in its continuation token, and our cursor must carry it back.
+    await add(gallery, 3)
+    await container.upload_blob("gallery/9000000000000_" + "\U0001F600" * 400 + "_999999999999.png", png_bytes())
+    await container.upload_blob("gallery/9999999999999_the oldest_0.png", png_bytes())
+    first = (await api.get_images("limit=4")).json()
+    assert first["nextCursor"]
+    second = await api.get_images(f"limit=4&cursor={first['nextCursor']}")
+    assert second.status == 200, second.body
+    assert [image["prompt"] for image in second.json()["imageUrls"]] == ["the oldest"]
+
+
 @pytest.mark.parametrize(
     "cursor",
     [

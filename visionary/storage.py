@@ -362,12 +362,15 @@ def describe_failure(error: BaseException) -> str:
 # -- cursors ---------------------------------------------------------------
 
 _CURSOR_VERSION = 1
-MAX_CURSOR_CHARS = 4096
+# A token can hold a blob name: 1,024 characters, up to 4 KiB of UTF-8, base64 twice over.
+MAX_CURSOR_CHARS = 12_288
 
 
 def encode_cursor(continuation_token: str) -> str:
     payload = {"v": _CURSOR_VERSION, "token": continuation_token, "check": _check(continuation_token)}
-    return base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode().rstrip("=")
+    # As UTF-8, not \u escapes: a token of a long non-ASCII name must still fit MAX_CURSOR_CHARS.
+    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
 
 
 def _check(token: str) -> str:
