@@ -8,7 +8,7 @@ import azure.functions as func
 
 from visionary import clients
 from visionary.endpoints import endpoint, json_body, json_response, page_params, text_response
-from visionary.generation import MAX_BODY_BYTES, ImageRequest, generate_image
+from visionary.generation import ImageRequest, generate_image
 from visionary.guards import check_key
 from visionary.settings import auth_level
 
@@ -19,8 +19,9 @@ app = func.FunctionApp(http_auth_level=auth_level())
 @endpoint
 async def generateImage(req: func.HttpRequest) -> func.HttpResponse:
     current = clients.current()
+    settings = current.settings
     request = ImageRequest.from_body(
-        json_body(req, MAX_BODY_BYTES), current.settings.max_prompt_chars, current.settings.require_models()
+        json_body(req, settings.max_body_bytes), settings.max_prompt_chars, settings.require_models()
     )
     key = check_key(req.headers.get("Idempotency-Key"))
     created = await generate_image(request, current.images, current.gallery, current.guards, key)

@@ -233,6 +233,15 @@ async def test_the_prompt_limit_is_a_setting(api: Api, openai_env: OpenAIServer,
     assert (await api.generate({"prompt": "ten chars!"})).status == 201  # the limit itself is allowed
 
 
+async def test_the_longest_prompt_the_setting_allows_fits_the_body_limit(
+    api: Api, openai_env: OpenAIServer, monkeypatch
+):
+    # 30,000 emoji as JSON's \u escapes: 360 KB, over the 64 KB that serves the default limit.
+    monkeypatch.setenv("VISIONARY_MAX_PROMPT_CHARS", "30000")
+    assert (await api.generate({"prompt": "\U0001F600" * 30_000})).status == 201
+    assert (await api.generate({"prompt": "x" * 30_001})).json()["code"] == "prompt_too_long"
+
+
 async def test_the_node_frontend_call_still_works(api: Api, openai_env: OpenAIServer):
     # The Node version's frontends send only {"prompt"} and read the gallery right after.
     answer = await api.generate({"prompt": "Cat in space, watercolor"})

@@ -22,7 +22,6 @@ from visionary.text import forbidden
 if TYPE_CHECKING:  # the providers pull in openai and httpx: loaded on first use, not at start-up
     from visionary.images import ImageProvider
 
-MAX_BODY_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ DEFAULT_CONTAINER = "images"
 DEFAULT_SYSTEM_CONTAINER = "visionary-system"
 DEFAULT_SAS_TTL_MINUTES = 30
 MAX_SAS_TTL_MINUTES = 24 * 60
+MIN_BODY_BYTES = 64 * 1024
 DEFAULT_MAX_PROMPT_CHARS = 4000
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -118,6 +119,15 @@ class Settings:
     max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS
     max_images_per_day: int | None = None  # None: no cap
     problems: tuple[str, ...] = ()  # malformed settings, reported at first use
+
+    @property
+    def max_body_bytes(self) -> int:
+        """generateImage's body limit: 64 KiB, or room for the longest prompt escaped at worst.
+
+        One character can take 12 bytes of JSON (an emoji as two \\u escapes), so a limit
+        of its own would refuse prompts that VISIONARY_MAX_PROMPT_CHARS allows.
+        """
+        return max(MIN_BODY_BYTES, 12 * self.max_prompt_chars + 1024)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
