@@ -64,6 +64,22 @@ async def test_the_page_files_cannot_reach_outside_web(local_host: str, path: st
     assert b"import" not in answer and b"Values" not in answer and b"extensions" not in answer
 
 
+@pytest.mark.parametrize(
+    "request_head",
+    [b"GET /api/getImages?code=FUNCKEY-SECRET&cursor=" + b"A" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+     b"GET /api/getImages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer SECRET-" + b"B" * 70_000 + b"\r\n\r\n"],
+    ids=["request-line", "header"],
+)
+async def test_a_request_too_long_to_parse_is_logged_without_its_content(local_host: str, caplog, request_head):
+    reader, writer = await asyncio.open_connection("127.0.0.1", urlsplit(local_host).port)
+    writer.write(request_head)
+    answer = await reader.read(100)
+    writer.close()
+    assert answer.split(b" ")[1] == b"400"
+    [record] = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert "SECRET" not in caplog.text and "LineTooLong" in record.getMessage()
+
+
 async def test_the_body_cap_is_a_413_json(http: httpx.AsyncClient):
     answer = await http.post("/api/generateImage", content=b"x" * (5 * 1024 * 1024))
     assert answer.status_code == 413

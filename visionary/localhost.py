@@ -23,6 +23,7 @@ from pathlib import Path
 
 import azure.functions as func
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from visionary.endpoints import error_response
 from visionary.errors import ApiError
@@ -122,6 +123,21 @@ def _compile(template: str) -> re.Pattern[str]:
     return re.compile("/" + regex + "/?", re.IGNORECASE)
 
 
+class _WithoutTheRequest(logging.Filter):
+    """aiohttp logs a request it cannot parse with the line it stopped at: a function key in
+    the query or a bearer token in a header would reach the log. Keep what went wrong only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.msg, record.args = "%s: %s %s", (record.getMessage(), error.code, type(error).__name__)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_UNPARSED_REQUESTS = _WithoutTheRequest()
+
+
 class LocalHost:
     def __init__(self, functions: Iterable, config: HostConfig, root: Path = ROOT) -> None:
         self.config = config
@@ -130,6 +146,7 @@ class LocalHost:
         self.openapi = root / "openapi.yaml"
 
     def application(self) -> web.Application:
+        logging.getLogger("aiohttp.server").addFilter(_UNPARSED_REQUESTS)  # added once, however often called
         application = web.Application(
             client_max_size=MAX_BODY_BYTES, middlewares=[self._cors], handler_args=HANDLER_ARGS
         )
