@@ -14,7 +14,6 @@ import os
 import socket
 import subprocess
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from visionary.localhost import ROOT, HostConfigError

@@ -17,8 +17,7 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from visionary.generation import Guards
-from visionary.guards import DailyCap, IdempotencyLedger
+from visionary.guards import DailyCap, Guards, IdempotencyLedger
 from visionary.settings import Settings
 from visionary.storage import Gallery
 

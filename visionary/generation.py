@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from visionary.endpoints import note
 from visionary.errors import ApiError
-from visionary.guards import DailyCap, IdempotencyLedger, fingerprint
+from visionary.guards import Guards, fingerprint
 from visionary.sas import ReadSas
 from visionary.settings import ModelSettings
 from visionary.storage import Gallery, StoredImage
@@ -69,12 +69,6 @@ class CreatedImage:
             "revisedPrompt": self.stored.revised_prompt,
             "model": self.stored.model,
         }
-
-
-@dataclass(frozen=True)
-class Guards:
-    cap: DailyCap | None  # None: no daily cap
-    ledger: IdempotencyLedger
 
 
 async def generate_image(

@@ -286,3 +286,11 @@ def fingerprint(*parts: str) -> str:
 
 def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat()
+
+
+@dataclass(frozen=True)
+class Guards:
+    """What stands between generateImage and the model: the cap, and the ledger of keys."""
+
+    cap: DailyCap | None  # None: no daily cap
+    ledger: IdempotencyLedger
