@@ -167,3 +167,16 @@ async def test_a_refused_storage_request_is_logged_with_its_status_and_code(
     assert answer.status == 503 and answer.json()["code"] == "storage_unavailable"
     [line] = [r.getMessage() for r in caplog.records if r.name == "visionary" and "storage" in r.getMessage()]
     assert line == "getImages: storage answered 403 AuthorizationFailure"
+
+
+async def test_a_failed_sign_in_to_storage_is_logged_as_one(api: Api, model_server, monkeypatch, caplog):
+    # Keyless storage whose managed identity is refused (no identity, a wrong header): storage
+    # is never reached, and the log must not send the engineer looking for a network fault.
+    monkeypatch.setenv("VISIONARY_STORAGE_ACCOUNT_URL", "https://127.0.0.1:9/devstoreaccount1")
+    monkeypatch.setenv("IDENTITY_ENDPOINT", f"{model_server.url}/msi/token")
+    monkeypatch.setenv("IDENTITY_HEADER", "not-the-header-the-identity-endpoint-wants")
+    monkeypatch.setenv("VISIONARY_STORAGE_TIMEOUT_SECONDS", "5")
+    answer = await api.get_images()
+    assert (answer.status, answer.json()["code"]) == (503, "storage_unavailable")
+    [line] = [r.getMessage() for r in caplog.records if r.name == "visionary" and "storage" in r.getMessage()]
+    assert line == "getImages: the sign-in to storage failed: check the Function App's managed identity"

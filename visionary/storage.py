@@ -23,7 +23,13 @@ from datetime import datetime, timedelta, timezone
 from urllib.parse import quote, unquote, urlsplit
 
 from azure.core import MatchConditions
-from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceNotFoundError,
+)
 from azure.storage.blob import ContentSettings
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient, LinearRetry
 
@@ -354,6 +360,8 @@ def describe_failure(error: BaseException) -> str:
     if isinstance(error, HttpResponseError) and error.status_code:
         code = getattr(error.error_code, "value", error.error_code) or ""  # StorageErrorCode, or a str
         return f"storage answered {error.status_code} {code}".rstrip()
+    if isinstance(error, ClientAuthenticationError):  # from the credential: storage was never asked
+        return "the sign-in to storage failed: check the Function App's managed identity"
     if isinstance(error, TimeoutError):
         return "storage did not answer within the deadline"
     return f"storage could not be reached ({type(error).__name__})"
