@@ -38,9 +38,14 @@ OTHER_BLOBS = {
 MIGRATED_PROMPT, MIGRATED_TS = "drawn by the Python version", 1_700_000_009_000
 
 
-def target_of(source: str) -> str:
+def scheme_name(source: str) -> naming.BlobName:
+    """A seeded Node blob's scheme name, made as the migration makes it (the seeded pictures are PNGs)."""
     node = naming.parse_node_name(source)
-    return node.to_gallery_name().blob
+    return naming.name_for(node.prompt, node.ts, "image/png")
+
+
+def target_of(source: str) -> str:
+    return scheme_name(source).blob
 
 
 def conflict_line(source: str) -> str:
@@ -67,6 +72,11 @@ async def read(container: ContainerClient, blob: str) -> bytes:
     return await (await container.download_blob(blob)).readall()
 
 
+def printed(report: Report) -> list[str]:
+    """What the command prints: each outcome's line as it comes, then the summary."""
+    return [outcome.line(report.dry_run) for outcome in report.outcomes] + [report.summary()]
+
+
 def outcomes(report: Report) -> dict[str, tuple[Action, str | None]]:
     return {o.source: (o.action, o.target or o.reason) for o in report.outcomes}
 
@@ -87,7 +97,7 @@ async def test_a_dry_run_lists_the_plan_and_changes_nothing(container: Container
         **expected_left(),
     }
     assert report.ok
-    assert report.lines() == [
+    assert printed(report) == [
         f"left: dir/x_1700000000000.png: {IN_A_FOLDER}",
         f"would move: {LIGHTHOUSE}_1700000000000.png -> gallery/8299999999999_{LIGHTHOUSE}_1700000000000.png",
         f"would move: {FOX}_1700000002000.png -> gallery/8299999997999_{FOX}_1700000002000.png",
@@ -110,7 +120,7 @@ async def test_a_run_moves_the_node_blobs_with_their_time_and_prompt(
         **{name: (Action.MOVED, target_of(name)) for name in NODE_BLOBS},
         **expected_left(),
     }
-    assert report.ok and report.lines()[-1] == "moved 3, resumed 0, left 4, conflicts 0"
+    assert report.ok and report.summary() == "moved 3, resumed 0, left 4, conflicts 0"
     assert set(await snapshot(container)) == {
         *OTHER_BLOBS, already_migrated, *(target_of(name) for name in NODE_BLOBS)
     }
@@ -121,7 +131,7 @@ async def test_a_run_moves_the_node_blobs_with_their_time_and_prompt(
         assert properties.content_settings.content_type == "image/png"
         assert properties.content_settings.cache_control == "public, max-age=31536000, immutable"
         assert unquote(properties.metadata["prompt"]) == prompt
-        created_at = naming.parse_node_name(source).to_gallery_name().created_at
+        created_at = scheme_name(source).created_at
         assert datetime.fromisoformat(properties.metadata["created"]) == created_at
         assert "model" not in properties.metadata
 
@@ -155,7 +165,7 @@ async def test_a_run_interrupted_after_a_copy_is_resumed(container: ContainerCli
     report = await migrate(container)
 
     assert outcomes(report)[copied] == (Action.RESUMED, target_of(copied))
-    assert f"already there: {copied} -> {target_of(copied)} (source deleted)" in report.lines()
+    assert f"already there: {copied} -> {target_of(copied)} (source deleted)" in printed(report)
     assert report.ok and report.summary() == "moved 2, resumed 1, left 4, conflicts 0"
     names = set(await snapshot(container))
     assert copied not in names and target_of(copied) in names
@@ -186,7 +196,7 @@ async def test_other_bytes_under_the_target_name_are_a_conflict(container: Conta
         assert outcomes(run)[clashing] == (Action.CONFLICT, target_of(clashing))
         assert not run.ok
     assert report.summary() == "moved 2, resumed 0, left 4, conflicts 1"
-    assert conflict_line(clashing) in report.lines()
+    assert conflict_line(clashing) in printed(report)
     assert await read(container, clashing) == NODE_BLOBS[clashing][1]  # the source stays
     assert await read(container, target_of(clashing)) == png_bytes(77)  # and so does what was there
 
@@ -238,7 +248,7 @@ async def test_the_command_prints_the_plan_of_a_dry_run(
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     lines = result.stdout.splitlines()
-    assert lines == (await migrate(container, dry_run=True)).lines()  # the report, line for line
+    assert lines == printed(await migrate(container, dry_run=True))  # the report, line for line
     assert "would move: a_b_c_1700000001000.png -> gallery/8299999998999_a b c_1700000001000.png" in lines
     assert f"left: notes.txt: {NOT_A_NODE_NAME}" in lines
     assert lines[-1] == "dry run, nothing changed; a run would have: moved 3, resumed 0, left 4, conflicts 0"

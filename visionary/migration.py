@@ -9,8 +9,9 @@ Any step may be interrupted. The copy is create-only, so a later run that finds 
 target already there compares bytes: the same bytes mean an earlier run got that far,
 and the source is deleted (resumed); other bytes are a conflict, and the source stays.
 Blobs already under `gallery/` are neither listed nor moved, and nothing that is not a
-Node name holding a whole image is moved. The functions here print nothing: they return a `Report`, whose
-`lines()` are what the command prints.
+Node name holding a whole image is moved. The functions here print nothing: `migrate` hands
+each blob's `Outcome` to its `progress` callback as it happens and returns a `Report`; the
+command prints each outcome's `line()` as it comes, then the report's `summary()`.
 """
 
 from __future__ import annotations
@@ -88,10 +89,6 @@ class Report:
         if errors := self.count(Action.ERROR):
             counts += f", errors {errors}"
         return f"dry run, nothing changed; a run would have: {counts}" if self.dry_run else counts
-
-    def lines(self) -> list[str]:
-        """One line a blob, then the summary: what `python -m visionary migrate` prints."""
-        return [outcome.line(self.dry_run) for outcome in self.outcomes] + [self.summary()]
 
 
 async def migrate(

@@ -102,10 +102,6 @@ class NodeName:
     ts: int
     ext: str
 
-    def to_gallery_name(self) -> BlobName:
-        ext = "jpg" if self.ext.lower() == "jpeg" else self.ext.lower()
-        return BlobName(title_from_prompt(self.prompt), self.ts, ext)
-
 
 def parse_node_name(blob: str) -> NodeName | None:
     match = _NODE_NAME.fullmatch(blob)
