@@ -18,7 +18,7 @@ from visionary import naming
 from visionary.migration import Action, Outcome, Report, _delete_source, describe, migrate
 from visionary.storage import Gallery
 
-# What the Node version left at the container root: {prompt}_{epoch ms}.png
+# What the Node version left: {raw prompt}_{epoch ms}.png (a "/" in the prompt made a folder)
 LIGHTHOUSE, FOX = "A lighthouse at dusk, oil painting", "Ein Fuchs 🦊 im Schnee, 東京"
 NODE_BLOBS = {
     f"{LIGHTHOUSE}_1700000000000.png": (LIGHTHOUSE, png_bytes(1)),
@@ -28,12 +28,11 @@ NODE_BLOBS = {
 # What must stay where it is, and why.
 NOT_AN_IMAGE = "not a whole PNG, JPEG or WebP image"
 NOT_A_NODE_NAME = "not a Node name ({prompt}_{milliseconds}.png)"
-IN_A_FOLDER = "in a folder; the Node version wrote only to the container root"
 OTHER_BLOBS = {
     "half a picture_1700000003000.png": (b"\x89PNG\r\n\x1a\n cut short", NOT_AN_IMAGE),
     "notes.txt": (b"remember the milk", NOT_A_NODE_NAME),
     "photo.png": (png_bytes(4), NOT_A_NODE_NAME),
-    "dir/x_1700000000000.png": (png_bytes(5), IN_A_FOLDER),
+    "dir/notes.txt": (b"remember the eggs", NOT_A_NODE_NAME),
 }
 MIGRATED_PROMPT, MIGRATED_TS = "drawn by the Python version", 1_700_000_009_000
 
@@ -98,7 +97,7 @@ async def test_a_dry_run_lists_the_plan_and_changes_nothing(container: Container
     }
     assert report.ok
     assert printed(report) == [
-        f"left: dir/x_1700000000000.png: {IN_A_FOLDER}",
+        f"left: dir/notes.txt: {NOT_A_NODE_NAME}",
         f"would move: {LIGHTHOUSE}_1700000000000.png -> gallery/8299999999999_{LIGHTHOUSE}_1700000000000.png",
         f"would move: {FOX}_1700000002000.png -> gallery/8299999997999_{FOX}_1700000002000.png",
         "would move: a_b_c_1700000001000.png -> gallery/8299999998999_a b c_1700000001000.png",
@@ -170,6 +169,32 @@ async def test_a_run_interrupted_after_a_copy_is_resumed(container: ContainerCli
     names = set(await snapshot(container))
     assert copied not in names and target_of(copied) in names
     assert await read(container, target_of(copied)) == NODE_BLOBS[copied][1]
+
+
+async def test_a_prompt_with_a_slash_is_moved_from_the_folder_it_made(container: ContainerClient):
+    # The Node version named the blob after the raw prompt, so a "/" made a folder, and
+    # its gallery (a flat listing) showed the picture all the same.
+    await container.create_container()
+    slashed, prompt = "cats/dogs in a field_1690000000001.png", "cats/dogs in a field"
+    # A prompt that began with "gallery/" is under the scheme's folder, which is never listed.
+    in_gallery = "gallery/a Node prompt_1690000000002.png"
+    for name, data in ((slashed, png_bytes(1)), ("cats/notes.txt", b"remember the milk"),
+                       (in_gallery, png_bytes(2))):
+        await container.upload_blob(name, data)
+
+    dry = await migrate(container, dry_run=True)
+    report = await migrate(container)
+
+    target = "gallery/8309999999998_cats dogs in a field_1690000000001.png"
+    for run in (dry, report):
+        assert outcomes(run) == {
+            slashed: (Action.MOVED, target), "cats/notes.txt": (Action.LEFT, NOT_A_NODE_NAME)
+        }
+    assert report.ok
+    assert set(await snapshot(container)) == {target, "cats/notes.txt", in_gallery}
+    assert await read(container, target) == png_bytes(1)
+    properties = await container.get_blob_client(target).get_blob_properties()
+    assert unquote(properties.metadata["prompt"]) == prompt
 
 
 async def test_a_source_rewritten_after_its_copy_is_kept(container: ContainerClient):

@@ -1,17 +1,21 @@
 """Moving the Node version's blobs into the naming scheme (`python -m visionary migrate`).
 
-The Node version stored each picture at the container root as `{prompt}_{ts}.png`.
-Each one is copied to its scheme name `gallery/{inv}_{title}_{ts}.{ext}` with the
-Node timestamp (so the gallery keeps the order the pictures were drawn in), the copy
-is checked to hold the same bytes, and only then is the source deleted.
+The Node version stored each picture as `{prompt}_{ts}.png` with the raw prompt, so a
+prompt with a "/" put its picture in a folder (`cats/dogs_{ts}.png`). Each one is
+copied to its scheme name `gallery/{inv}_{title}_{ts}.{ext}` with the Node timestamp
+(so the gallery keeps the order the pictures were drawn in), the copy is checked to
+hold the same bytes, and only then is the source deleted.
 
 Any step may be interrupted. The copy is create-only, so a later run that finds the
 target already there compares bytes: the same bytes mean an earlier run got that far,
 and the source is deleted (resumed); other bytes are a conflict, and the source stays.
-Blobs already under `gallery/` are neither listed nor moved, and nothing that is not a
-Node name holding a whole image is moved. The functions here print nothing: `migrate` hands
-each blob's `Outcome` to its `progress` callback as it happens and returns a `Report`; the
-command prints each outcome's `line()` as it comes, then the report's `summary()`.
+Blobs under `gallery/` are neither listed nor moved (the scheme's own; a Node prompt that
+began with "gallery/" left its picture there too, and it stays: see the README), and
+nothing that is not a Node name holding a whole image is moved.
+
+The functions here print nothing: `migrate` hands each blob's `Outcome` to its `progress`
+callback as it happens and returns a `Report`; the command prints each outcome's `line()`
+as it comes, then the report's `summary()`.
 """
 
 from __future__ import annotations
@@ -129,7 +133,7 @@ async def _outside_gallery(container: ContainerClient) -> AsyncIterator[BlobProp
         async for item in container.walk_blobs(delimiter="/"):
             if isinstance(item, BlobProperties):
                 yield item
-            elif item.name != naming.PREFIX:  # a folder: its blobs are reported, not moved
+            elif item.name != naming.PREFIX:  # a folder: a prompt with a "/" made it
                 async for blob in container.list_blobs(name_starts_with=item.name):
                     yield blob
     except ResourceNotFoundError as error:
@@ -140,8 +144,6 @@ async def _outside_gallery(container: ContainerClient) -> AsyncIterator[BlobProp
 
 
 async def _migrate_blob(container: ContainerClient, blob: BlobProperties, dry_run: bool) -> Outcome:
-    if "/" in blob.name:
-        return _left(blob.name, "in a folder; the Node version wrote only to the container root")
     node = naming.parse_node_name(blob.name)
     if node is None:
         return _left(blob.name, "not a Node name ({prompt}_{milliseconds}.png)")

@@ -23,7 +23,8 @@ CONTENT_TYPES = {ext: content_type for content_type, ext in EXTENSIONS.items()} 
 
 _SEPARATORS = re.compile(r"[\s/\\_]+")
 _GALLERY_NAME = re.compile(r"gallery/(\d{13})_([^_/]+)_(\d{1,13})\.(png|jpg|webp)")
-_NODE_NAME = re.compile(r"([^/]+)_(\d{1,13})\.(png|jpg|jpeg|webp)", re.DOTALL | re.IGNORECASE)
+# The Node version's name is the raw prompt, "/" and all, so the prompt is the whole path up to `_{ts}.ext`.
+_NODE_NAME = re.compile(r"(.+)_(\d{1,13})\.(png|jpg|jpeg|webp)", re.DOTALL | re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,7 @@ def parse_gallery_name(blob: str) -> BlobName | None:
 
 @dataclass(frozen=True)
 class NodeName:
-    """A blob of the Node version: `{prompt}_{ts}.png` at the container root."""
+    """A blob of the Node version: `{prompt}_{ts}.png`, where a "/" in the prompt made a folder."""
 
     prompt: str
     ts: int
@@ -104,6 +105,14 @@ class NodeName:
 
 
 def parse_node_name(blob: str) -> NodeName | None:
+    """Read a Node name back from the whole path; None for anything else, and for anything under `gallery/`.
+
+    `gallery/` is the scheme's: a Node prompt that began with "gallery/" put its picture
+    there too, but such a name can have the scheme's very shape, so nothing there is read
+    as the Node version's.
+    """
+    if blob.startswith(PREFIX):
+        return None
     match = _NODE_NAME.fullmatch(blob)
     if not match:
         return None
