@@ -1,5 +1,6 @@
 """`python -m visionary migrate`: the Node version's blobs moved into the naming scheme, on a real Azurite."""
 
+import asyncio
 import base64
 import io
 import subprocess
@@ -16,7 +17,7 @@ from tests.azurite import KEY, ROOT, Azurite
 from tests.conftest import ROOT_ENV, png_bytes
 from visionary import naming
 from visionary.migration import Action, Outcome, Report, _delete_source, describe, migrate
-from visionary.storage import Gallery
+from visionary.storage import MAX_CLASH_RETRIES, Gallery
 
 # What the Node version left: {raw prompt}_{epoch ms}.png (a "/" in the prompt made a folder)
 LIGHTHOUSE, FOX = "A lighthouse at dusk, oil painting", "Ein Fuchs 🦊 im Schnee, 東京"
@@ -48,7 +49,14 @@ def target_of(source: str) -> str:
 
 
 def conflict_line(source: str) -> str:
-    return f"conflict: {source} -> {target_of(source)}: other bytes are already there; source left"
+    return (f"conflict: {source} -> {target_of(source)}: other bytes are there and at the next "
+            f"{MAX_CLASH_RETRIES - 1} milliseconds; source left")
+
+
+async def take_every_name_from(container: ContainerClient, first: naming.BlobName) -> None:
+    """Another picture at the target name and at each later millisecond the migration tries."""
+    names = [first.later(ms).blob for ms in range(MAX_CLASH_RETRIES)]
+    await asyncio.gather(*(container.upload_blob(name, png_bytes(77)) for name in names))
 
 
 async def seed(container: ContainerClient, gallery: Gallery) -> str:
@@ -209,10 +217,73 @@ async def test_a_source_rewritten_after_its_copy_is_kept(container: ContainerCli
     assert await (await container.download_blob(source)).readall() == png_bytes(2)
 
 
-async def test_other_bytes_under_the_target_name_are_a_conflict(container: ContainerClient, gallery: Gallery):
+async def test_sources_that_make_one_name_take_the_next_milliseconds_and_the_dry_run_says_so(
+    container: ContainerClient,
+):
+    # A title drops control characters and folds whitespace: three Node names, one target name.
+    await container.create_container()
+    tab, two_spaces, space = "B\tcat_1690000000010.png", "B  cat_1690000000010.png", "B cat_1690000000010.png"
+    for name, data in ((tab, png_bytes(1)), (two_spaces, png_bytes(2)), (space, png_bytes(2))):
+        await container.upload_blob(name, data)  # the last two: one picture, stored twice
+    first = naming.name_for("B cat", 1_690_000_000_010, "image/png")
+
+    dry = await migrate(container, dry_run=True)
+    report = await migrate(container)
+    again = await migrate(container)
+
+    # In listing order: the tab's copy takes the name, the next picture the next millisecond,
+    # and the same picture again finds its copy there (as a rerun would).
+    assert outcomes(dry) == outcomes(report) == {
+        tab: (Action.MOVED, first.blob),
+        two_spaces: (Action.MOVED, first.later().blob),
+        space: (Action.RESUMED, first.later().blob),
+    }
+    assert report.summary() == "moved 2, resumed 1, left 0, conflicts 0"
+    assert dry.summary() == f"dry run, nothing changed; a run would have: {report.summary()}"
+    assert report.ok and again.ok and again.outcomes == []
+    assert set(await snapshot(container)) == {first.blob, first.later().blob}
+    assert await read(container, first.blob) == png_bytes(1)
+    assert await read(container, first.later().blob) == png_bytes(2)
+
+
+async def test_other_bytes_under_the_target_name_send_the_copy_a_millisecond_on_where_a_rerun_finds_it(
+    container: ContainerClient, gallery: Gallery
+):
     await seed(container, gallery)
     clashing = f"{LIGHTHOUSE}_1700000000000.png"
-    await container.upload_blob(target_of(clashing), png_bytes(77))
+    taken = scheme_name(clashing)
+    await container.upload_blob(taken.blob, png_bytes(77))
+
+    dry = await migrate(container, dry_run=True)
+    report = await migrate(container)
+
+    for run in (dry, report):
+        assert outcomes(run)[clashing] == (Action.MOVED, taken.later().blob)
+        assert run.ok
+    assert report.summary() == "moved 3, resumed 0, left 4, conflicts 0"
+    assert await read(container, taken.blob) == png_bytes(77)  # what was there stays
+    assert await read(container, taken.later().blob) == NODE_BLOBS[clashing][1]
+    properties = await container.get_blob_client(taken.later().blob).get_blob_properties()
+    assert datetime.fromisoformat(properties.metadata["created"]) == taken.later().created_at
+
+    # Had that run stopped before deleting the source, the next one finds the copy instead of making another.
+    await container.upload_blob(clashing, NODE_BLOBS[clashing][1])
+    dry_rerun = await migrate(container, dry_run=True)
+    rerun = await migrate(container)
+
+    for run in (dry_rerun, rerun):
+        assert outcomes(run)[clashing] == (Action.RESUMED, taken.later().blob)
+    assert rerun.ok and rerun.summary() == "moved 0, resumed 1, left 4, conflicts 0"
+    names = set(await snapshot(container))
+    assert clashing not in names and taken.later(2).blob not in names
+
+
+async def test_a_name_taken_at_every_millisecond_tried_is_a_conflict(
+    container: ContainerClient, gallery: Gallery
+):
+    await seed(container, gallery)
+    clashing = f"{LIGHTHOUSE}_1700000000000.png"
+    await take_every_name_from(container, scheme_name(clashing))
 
     dry = await migrate(container, dry_run=True)
     report = await migrate(container)
@@ -286,7 +357,7 @@ async def test_the_command_exits_1_on_a_conflict(
 ):
     await seed(container, gallery)
     clashing = "a_b_c_1700000001000.png"
-    await container.upload_blob(target_of(clashing), png_bytes(77))
+    await take_every_name_from(container, scheme_name(clashing))
 
     result = run_cli(storage_env.connection_string, container)
 

@@ -6,9 +6,17 @@ copied to its scheme name `gallery/{inv}_{title}_{ts}.{ext}` with the Node times
 (so the gallery keeps the order the pictures were drawn in), the copy is checked to
 hold the same bytes, and only then is the source deleted.
 
-Any step may be interrupted. The copy is create-only, so a later run that finds the
-target already there compares bytes: the same bytes mean an earlier run got that far,
-and the source is deleted (resumed); other bytes are a conflict, and the source stays.
+Two Node names can make one scheme name (a title drops control characters and folds
+whitespace), so a target name holding other bytes is another picture: the copy moves on
+by 1 ms, as a new upload does on a clash, and both pictures stay. Only when every name
+tried holds other bytes is it a conflict, and the source stays.
+
+Any step may be interrupted. The copy is create-only, and the names are tried in order,
+so a later run meets an earlier run's copy (the same bytes) before any free name: it
+deletes the source (resumed) instead of copying it again. A dry run writes nothing, so
+it remembers where it would have copied what, and a later source of the same run meets
+those bytes as it would in a real run: the plan is what a run does.
+
 Blobs under `gallery/` are neither listed nor moved (the scheme's own; a Node prompt that
 began with "gallery/" left its picture there too, and it stays: see the README), and
 nothing that is not a Node name holding a whole image is moved.
@@ -22,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -39,7 +47,9 @@ from azure.storage.blob.aio import ContainerClient
 
 from visionary import naming
 from visionary.images import MAX_IMAGE_BYTES, image_type
-from visionary.storage import CACHE_CONTROL, describe_failure, encode_metadata
+from visionary.storage import CACHE_CONTROL, MAX_CLASH_RETRIES, describe_failure, encode_metadata
+
+Fingerprint = tuple[int, str]  # size and MD5 of a blob's bytes
 
 
 class Action(Enum):
@@ -67,7 +77,8 @@ class Outcome:
             deleted = "the source would be deleted" if dry_run else "source deleted"
             return f"already there: {source} -> {target} ({deleted})"
         if self.action is Action.CONFLICT:
-            return f"conflict: {source} -> {target}: other bytes are already there; source left"
+            return (f"conflict: {source} -> {target}: other bytes are there and at the next "
+                    f"{MAX_CLASH_RETRIES - 1} milliseconds; source left")
         return f"{self.action.value}: {source}: {self.reason}"
 
 
@@ -108,8 +119,9 @@ async def migrate(
     (an `AzureError`); a failure on one blob is that blob's outcome, and the run goes on.
     """
     report = Report(dry_run)
+    planned: dict[str, Fingerprint] = {}  # a dry run's copies by target name; a real run's stay empty
     async for blob in _outside_gallery(container):
-        outcome = await _migrate_blob(container, blob, dry_run)
+        outcome = await _migrate_blob(container, blob, dry_run, planned)
         report.outcomes.append(outcome)
         if progress:
             progress(outcome)
@@ -143,41 +155,65 @@ async def _outside_gallery(container: ContainerClient) -> AsyncIterator[BlobProp
             raise
 
 
-async def _migrate_blob(container: ContainerClient, blob: BlobProperties, dry_run: bool) -> Outcome:
+async def _migrate_blob(
+    container: ContainerClient, blob: BlobProperties, dry_run: bool, planned: dict[str, Fingerprint]
+) -> Outcome:
     node = naming.parse_node_name(blob.name)
     if node is None:
         return _left(blob.name, "not a Node name ({prompt}_{milliseconds}.png)")
     if blob.size > MAX_IMAGE_BYTES:
         return _left(blob.name, f"{blob.size} bytes, too large for a picture")
     try:
-        return await _move(container, blob.name, node, dry_run)
+        return await _move(container, blob.name, node, dry_run, planned)
     except HttpResponseError as error:
         return Outcome(blob.name, Action.ERROR, reason=describe(error))
 
 
-async def _move(container: ContainerClient, source: str, node: naming.NodeName, dry_run: bool) -> Outcome:
+async def _move(
+    container: ContainerClient,
+    source: str,
+    node: naming.NodeName,
+    dry_run: bool,
+    planned: dict[str, Fingerprint],
+) -> Outcome:
+    """Copy the picture to the first of its names that is free, or find it at one already.
+
+    Each name is read in turn: the same bytes are an earlier copy (resumed), a free name
+    takes the copy, other bytes send it on to the next millisecond. Stopping at the first
+    free name is what keeps reruns from copying twice: every run fills the names in order,
+    so an earlier copy comes before any free name (unless someone deletes a picture at an
+    earlier name between the runs).
+    """
     downloaded = await container.download_blob(source)
     data = await downloaded.readall()
     content_type = image_type(data)
     if content_type is None:
         return _left(source, "not a whole PNG, JPEG or WebP image")
     # The extension follows the real format, as it does for new pictures.
-    target = naming.name_for(node.prompt, node.ts, content_type)
-    there = await _fingerprint_at(container, target.blob)
-    copied = False
-    if there is None:
-        if dry_run:
-            return Outcome(source, Action.MOVED, target.blob)
-        copied = await _copy(container, target, data, node.prompt)
-        there = await _fingerprint_at(container, target.blob)
-    if there != _fingerprint(data):
+    first = naming.name_for(node.prompt, node.ts, content_type)
+    fingerprint = _fingerprint(data)
+    for target in _names_from(first):
+        there = await _held_at(container, target.blob, planned)
+        copied = False
+        if there is None:
+            if dry_run:
+                planned[target.blob] = fingerprint
+                return Outcome(source, Action.MOVED, target.blob)
+            copied = await _copy(container, target, data, node.prompt)
+            there = await _fingerprint_at(container, target.blob)  # the copy, or what took the name meanwhile
+        if there == fingerprint:
+            if not dry_run:
+                await _delete_source(container, source, downloaded.properties.etag)
+            return Outcome(source, Action.MOVED if copied else Action.RESUMED, target.blob)
         if copied:
             return Outcome(source, Action.ERROR, target.blob, f"the copy at {_one_line(target.blob)} "
                            "does not hold the source's bytes; source left")
-        return Outcome(source, Action.CONFLICT, target.blob)
-    if not dry_run:
-        await _delete_source(container, source, downloaded.properties.etag)
-    return Outcome(source, Action.MOVED if copied else Action.RESUMED, target.blob)
+    return Outcome(source, Action.CONFLICT, first.blob)
+
+
+def _names_from(first: naming.BlobName) -> Iterator[naming.BlobName]:
+    """`first`, then 1 ms later each time: as many names as an upload tries on a clash."""
+    return (first.later(ms) for ms in range(MAX_CLASH_RETRIES))
 
 
 async def _copy(container: ContainerClient, target: naming.BlobName, data: bytes, prompt: str) -> bool:
@@ -201,7 +237,16 @@ async def _delete_source(container: ContainerClient, source: str, etag: str) -> 
         pass  # another run deleted it after making the same copy
 
 
-async def _fingerprint_at(container: ContainerClient, blob: str) -> tuple[int, str] | None:
+async def _held_at(
+    container: ContainerClient, blob: str, planned: dict[str, Fingerprint]
+) -> Fingerprint | None:
+    """What a name holds as this run sees it: in a dry run, also what it would have copied there."""
+    if blob in planned:
+        return planned[blob]
+    return await _fingerprint_at(container, blob)
+
+
+async def _fingerprint_at(container: ContainerClient, blob: str) -> Fingerprint | None:
     """Size and MD5 of a blob's bytes as stored, read back; None when there is no such blob."""
     try:
         return _fingerprint(await (await container.download_blob(blob)).readall())
@@ -209,7 +254,7 @@ async def _fingerprint_at(container: ContainerClient, blob: str) -> tuple[int, s
         return None
 
 
-def _fingerprint(data: bytes) -> tuple[int, str]:
+def _fingerprint(data: bytes) -> Fingerprint:
     return len(data), hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
