@@ -23,7 +23,6 @@ if TYPE_CHECKING:  # the providers pull in openai and httpx: loaded on first use
     from visionary.images import ImageProvider
 
 
-
 @dataclass(frozen=True)
 class ImageRequest:
     prompt: str

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -47,7 +47,7 @@ from azure.storage.blob.aio import ContainerClient
 
 from visionary import naming
 from visionary.images import MAX_IMAGE_BYTES, image_type
-from visionary.storage import CACHE_CONTROL, MAX_CLASH_RETRIES, describe_failure, encode_metadata
+from visionary.storage import CACHE_CONTROL, MAX_CLASH_RETRIES, describe_failure, encode_metadata, names_from
 
 Fingerprint = tuple[int, str]  # size and MD5 of a blob's bytes
 
@@ -192,7 +192,7 @@ async def _move(
     # The extension follows the real format, as it does for new pictures.
     first = naming.name_for(node.prompt, node.ts, content_type)
     fingerprint = _fingerprint(data)
-    for target in _names_from(first):
+    for target in names_from(first):  # as many names as an upload tries on a clash
         there = await _held_at(container, target.blob, planned)
         copied = False
         if there is None:
@@ -209,11 +209,6 @@ async def _move(
             return Outcome(source, Action.ERROR, target.blob, f"the copy at {_one_line(target.blob)} "
                            "does not hold the source's bytes; source left")
     return Outcome(source, Action.CONFLICT, first.blob)
-
-
-def _names_from(first: naming.BlobName) -> Iterator[naming.BlobName]:
-    """`first`, then 1 ms later each time: as many names as an upload tries on a clash."""
-    return (first.later(ms) for ms in range(MAX_CLASH_RETRIES))
 
 
 async def _copy(container: ContainerClient, target: naming.BlobName, data: bytes, prompt: str) -> bool:

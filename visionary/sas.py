@@ -86,7 +86,7 @@ class SasPolicy:
         Links that do not change from one gallery refresh to the next stay in the browser's
         (and a CDN's) cache: the blobs are immutable. Each lives at least the TTL from now.
         """
-        now = now or datetime.now(timezone.utc)
+        now = now or _utc_now()
         issued = _EPOCH + (now - _EPOCH) // self.step * self.step
         return issued - CLOCK_SKEW, (issued + self.step + self.ttl).replace(microsecond=0)
 
@@ -136,8 +136,9 @@ class AccountKeySigner:
 class UserDelegationSigner:
     """User-delegation SAS, for storage reached with a token (managed identity).
 
-    The delegation key costs a round trip to storage (and needs the Storage Blob
-    Delegator role), so one key serves every link until it nears its expiry.
+    The delegation key costs a round trip to storage (and a role that may get one:
+    Storage Blob Data Contributor can, or Storage Blob Delegator), so one key serves
+    every link until it nears its expiry.
     """
 
     def __init__(

@@ -17,7 +17,7 @@ import logging
 import time
 import unicodedata
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from urllib.parse import quote, unquote, urlsplit
@@ -184,16 +184,14 @@ class Gallery:
         upload_id: str,
         attempts: list[naming.BlobName],
     ) -> StoredImage:
-        for _ in range(MAX_CLASH_RETRIES):
-            created_at = name.created_at
-            metadata = encode_metadata(prompt, revised_prompt, model, created_at) | {"upload_id": upload_id}
-            attempts.append(name)
+        for candidate in names_from(name):
+            metadata = encode_metadata(prompt, revised_prompt, model, candidate.created_at) | {"upload_id": upload_id}
+            attempts.append(candidate)
             try:
-                await self._put(name, data, metadata)
+                await self._put(candidate, data, metadata)
             except ResourceExistsError:
-                name = name.later()
                 continue
-            return StoredImage(name, prompt, created_at, revised_prompt, model)
+            return StoredImage(candidate, prompt, candidate.created_at, revised_prompt, model)
         raise ApiError.storage_unavailable()
 
     def _remove_later(self, name: naming.BlobName, upload_id: str) -> None:
@@ -258,6 +256,11 @@ class Gallery:
                 raise _invalid_cursor() from None
             raise
         return images, pages.continuation_token
+
+
+def names_from(first: naming.BlobName) -> Iterator[naming.BlobName]:
+    """The names a picture may take on a clash: `first`, then 1 ms later each time."""
+    return (first.later(ms) for ms in range(MAX_CLASH_RETRIES))
 
 
 async def ensure_container(container: ContainerClient) -> None:
