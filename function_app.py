@@ -8,7 +8,7 @@ import azure.functions as func
 
 from visionary import clients
 from visionary.endpoints import endpoint, json_body, json_response, page_params, text_response
-from visionary.generation import ImageRequest, generate_image
+from visionary.generation import Deadline, ImageRequest, generate_image
 from visionary.guards import check_key
 from visionary.settings import auth_level
 
@@ -20,11 +20,12 @@ app = func.FunctionApp(http_auth_level=auth_level())
 async def generateImage(req: func.HttpRequest) -> func.HttpResponse:
     current = clients.current()
     settings = current.settings
+    deadline = Deadline.after(settings.request_deadline_seconds)
     request = ImageRequest.from_body(
         json_body(req, settings.max_body_bytes), settings.max_prompt_chars, settings.require_models()
     )
     key = check_key(req.headers.get("Idempotency-Key"))
-    created = await generate_image(request, current.images, current.gallery, current.guards, key)
+    created = await generate_image(request, current.images, current.gallery, current.guards, key, deadline)
     return json_response(created.to_json(), status=201)
 
 

@@ -13,7 +13,8 @@ from tests.azurite import KEY as ACCOUNT_KEY
 from tests.conftest import AZURE_KEY, OPENAI_KEY, Api, blob_names, png_bytes
 from tests.openai_server import OpenAIServer
 from visionary import clients, images
-from visionary.generation import ImageRequest, generate_image
+from visionary.errors import ApiError
+from visionary.generation import Deadline, ImageRequest, generate_image
 from visionary.offline import draw
 from visionary.sas import SasPolicy, UserDelegationSigner
 from visionary.storage import Gallery
@@ -289,6 +290,36 @@ async def test_the_model_deadline_covers_downloading_a_url_answer(
     answer = await api.generate({"prompt": PROMPT})
     assert answer.status == 504 and answer.json()["code"] == "upstream_timeout"
     assert time.monotonic() - started < 2
+    assert await blob_names(container) == []
+
+
+async def test_the_request_deadline_bounds_the_model_and_leaves_time_for_storage(
+    api: Api, openai_env: OpenAIServer, container, monkeypatch
+):
+    # The model's own deadline (220 s) would let it run on; the request's leaves it what
+    # remains after one storage timeout for the upload and one for the key's record.
+    monkeypatch.setenv("VISIONARY_REQUEST_DEADLINE_SECONDS", "2")
+    monkeypatch.setenv("VISIONARY_STORAGE_TIMEOUT_SECONDS", "0.5")
+    openai_env.behaviour.error = "slow"
+    started = time.monotonic()
+    answer = await api.generate({"prompt": PROMPT}, headers={"Idempotency-Key": "deadline-1"})
+    elapsed = time.monotonic() - started
+    assert (answer.status, answer.json()["code"]) == (504, "upstream_timeout")
+    assert 0.8 < elapsed < 2, elapsed  # within the 2 s, and the model had about 1 s of them
+    assert await blob_names(container) == []
+    openai_env.behaviour.error = None  # the key was freed: the client's retry is drawn
+    assert (await api.generate({"prompt": PROMPT}, headers={"Idempotency-Key": "deadline-1"})).status == 201
+
+
+async def test_a_request_whose_time_went_on_storage_never_reaches_the_model(
+    openai_env: OpenAIServer, gallery: Gallery, container: ContainerClient
+):
+    app = clients.current()
+    nearly_over = Deadline.after(gallery.timeout / 2)  # less than the upload's storage timeout
+    with pytest.raises(ApiError) as refused:
+        await generate_image(ImageRequest(PROMPT, "1024x1024"), app.images, gallery, app.guards, deadline=nearly_over)
+    assert refused.value.status == 503 and refused.value.code == "storage_unavailable"
+    assert openai_env.model_calls() == []
     assert await blob_names(container) == []
 
 

@@ -43,6 +43,18 @@ def test_the_model_defaults_answer_before_azure_ends_the_request():
     assert models.deadline_seconds < 230  # Azure's front end ends an HTTP request at 230 s
 
 
+def test_the_request_deadline_is_a_setting_under_azures_limit():
+    assert Settings.from_env({}).request_deadline_seconds < 230
+    assert Settings.from_env({"VISIONARY_REQUEST_DEADLINE_SECONDS": "600"}).request_deadline_seconds == 600
+    wrong = Settings.from_env({"VISIONARY_REQUEST_DEADLINE_SECONDS": "0"})
+    assert any("VISIONARY_REQUEST_DEADLINE_SECONDS" in problem for problem in wrong.problems)
+    # Up to three storage timeouts are kept for the steps after the model: a deadline
+    # without room for them would refuse every generation, so it is named at start-up.
+    slow_storage = {"AzureWebJobsStorage": AZURITE, "VISIONARY_STORAGE_TIMEOUT_SECONDS": "100"}
+    assert "three times VISIONARY_STORAGE_TIMEOUT_SECONDS" in " ".join(Settings.from_env(slow_storage).problems)
+    assert not Settings.from_env({**slow_storage, "VISIONARY_REQUEST_DEADLINE_SECONDS": "600"}).problems
+
+
 def test_secrets_stay_out_of_the_repr():
     settings = Settings.from_env({"accountName": "acct", "accountKey": "c2VjcmV0LWtleQ=="})
     assert "c2VjcmV0LWtleQ" not in repr(settings)

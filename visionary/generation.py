@@ -3,10 +3,16 @@
 The order matters: everything that can fail cheaply (the request, signing the
 link) or expensively (the model) happens before the single create-only upload,
 so a failed generation writes no blob.
+
+The whole request keeps one deadline, under the 230 s after which Azure's front end
+drops it: the model gets the time the storage steps before it left, less a storage
+timeout for each step that may follow it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -20,7 +26,21 @@ from visionary.storage import Gallery, StoredImage
 from visionary.text import forbidden
 
 if TYPE_CHECKING:  # the providers pull in openai and httpx: loaded on first use, not at start-up
-    from visionary.images import ImageProvider
+    from visionary.images import GeneratedImage, ImageProvider
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When a request must have been answered, on the monotonic clock."""
+
+    at: float
+
+    @classmethod
+    def after(cls, seconds: float) -> Deadline:
+        return cls(time.monotonic() + seconds)
+
+    def left(self) -> float:
+        return self.at - time.monotonic()
 
 
 @dataclass(frozen=True)
@@ -76,16 +96,24 @@ async def generate_image(
     gallery: Gallery,
     guards: Guards,
     idempotency_key: str | None = None,
+    deadline: Deadline | None = None,
 ) -> CreatedImage:
-    """Draw and store one picture; with a key, at most once per key (a repeat gets the first answer)."""
+    """Draw and store one picture; with a key, at most once per key (a repeat gets the first answer).
+
+    With a deadline, the answer comes before it, whatever the model and storage do.
+    """
     note(prompt=request.prompt)
+    # What may follow the model, each within one storage timeout: the upload, the ledger's
+    # record of the answer (or the freeing of its key), the cap's return of a failed slot.
+    steps_after = 1 + (idempotency_key is not None) + (guards.cap is not None)
+    reserve = (gallery.timeout or 0.0) * steps_after
     # The link is signed first: a delegation key storage refuses must fail the request before
     # the model is paid and anything is stored. Its lifetime counts from here.
     sas = await gallery.sign()
 
     async def draw_and_store() -> dict:
         async with guards.cap.slot() if guards.cap else nullcontext():
-            image = await images.generate(request.prompt, request.size)
+            image = await _draw(images, request, _time_for_model(deadline, reserve))
             note(model=image.model)
             stored = await gallery.upload(
                 image.data, image.content_type, request.prompt, image.revised_prompt, image.model
@@ -99,3 +127,21 @@ async def generate_image(
     stored = StoredImage.from_record(record)
     note(blob=stored.name.blob)
     return CreatedImage(stored, sas)
+
+
+def _time_for_model(deadline: Deadline | None, reserve: float) -> float | None:
+    if deadline is None:
+        return None
+    seconds = deadline.left() - reserve
+    if seconds <= 0:  # slow storage before the model spent its time: not worth paying for
+        raise ApiError.storage_unavailable()
+    return seconds
+
+
+async def _draw(images: ImageProvider, request: ImageRequest, seconds: float | None) -> GeneratedImage:
+    """The provider's picture within `seconds` (its own deadline applies as well)."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await images.generate(request.prompt, request.size)
+    except TimeoutError:
+        raise ApiError.upstream_timeout() from None

@@ -31,6 +31,8 @@ DEFAULT_MODEL_TIMEOUT_SECONDS = 180.0  # a real image model can take a minute or
 # Azure's front end ends an HTTP request after 230 s: answer 504 ourselves before that,
 # however many retries the SDK is still willing to make.
 DEFAULT_MODEL_DEADLINE_SECONDS = 220.0
+# generateImage as a whole: its storage steps as well as the model, inside the same 230 s.
+DEFAULT_REQUEST_DEADLINE_SECONDS = 225.0
 DEFAULT_AZURE_API_VERSION = "2025-04-01-preview"
 
 STORAGE_SETTINGS = (
@@ -118,6 +120,7 @@ class Settings:
     page_size: int = DEFAULT_PAGE_SIZE
     max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS
     max_images_per_day: int | None = None  # None: no cap
+    request_deadline_seconds: float = DEFAULT_REQUEST_DEADLINE_SECONDS  # generateImage, all steps
     problems: tuple[str, ...] = ()  # malformed settings, reported at first use
 
     @property
@@ -138,7 +141,15 @@ class Settings:
             page_size=env.integer("VISIONARY_PAGE_SIZE", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE),
             max_prompt_chars=env.integer("VISIONARY_MAX_PROMPT_CHARS", DEFAULT_MAX_PROMPT_CHARS, 1, 32_000),
             max_images_per_day=env.optional_integer("VISIONARY_MAX_IMAGES_PER_DAY", 0, 10**9),
+            request_deadline_seconds=env.number(
+                "VISIONARY_REQUEST_DEADLINE_SECONDS", DEFAULT_REQUEST_DEADLINE_SECONDS, 1, 3600
+            ),
         )
+        if settings.storage and settings.request_deadline_seconds <= 3 * settings.storage.timeout_seconds:
+            # It keeps up to three storage timeouts for the steps after the model: none would be left.
+            env.problems.append(
+                "VISIONARY_REQUEST_DEADLINE_SECONDS must be more than three times VISIONARY_STORAGE_TIMEOUT_SECONDS."
+            )
         return _with_problems(settings, env.problems)
 
     def require_models(self) -> ModelSettings:
