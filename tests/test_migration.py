@@ -17,7 +17,7 @@ from tests.azurite import KEY, ROOT, Azurite
 from tests.conftest import ROOT_ENV, png_bytes
 from visionary import naming
 from visionary.migration import Action, Outcome, Report, _delete_source, describe, migrate
-from visionary.storage import MAX_CLASH_RETRIES, Gallery
+from visionary.storage import MAX_CLASH_RETRIES, Gallery, encode_metadata
 
 # What the Node version left: {raw prompt}_{epoch ms}.png (a "/" in the prompt made a folder)
 LIGHTHOUSE, FOX = "A lighthouse at dusk, oil painting", "Ein Fuchs 🦊 im Schnee, 東京"
@@ -49,7 +49,7 @@ def target_of(source: str) -> str:
 
 
 def conflict_line(source: str) -> str:
-    return (f"conflict: {source} -> {target_of(source)}: other bytes are there and at the next "
+    return (f"conflict: {source} -> {target_of(source)}: other pictures are there and at the next "
             f"{MAX_CLASH_RETRIES - 1} milliseconds; source left")
 
 
@@ -167,7 +167,9 @@ async def test_a_run_interrupted_after_a_copy_is_resumed(container: ContainerCli
     await seed(container, gallery)
     # An earlier run copied this one and stopped before deleting the source.
     copied = "a_b_c_1700000001000.png"
-    await container.upload_blob(target_of(copied), NODE_BLOBS[copied][1])
+    prompt, data = NODE_BLOBS[copied]
+    metadata = encode_metadata(prompt, None, None, scheme_name(copied).created_at)
+    await container.upload_blob(target_of(copied), data, metadata=metadata)
 
     report = await migrate(container)
 
@@ -224,26 +226,29 @@ async def test_sources_that_make_one_name_take_the_next_milliseconds_and_the_dry
     await container.create_container()
     tab, two_spaces, space = "B\tcat_1690000000010.png", "B  cat_1690000000010.png", "B cat_1690000000010.png"
     for name, data in ((tab, png_bytes(1)), (two_spaces, png_bytes(2)), (space, png_bytes(2))):
-        await container.upload_blob(name, data)  # the last two: one picture, stored twice
+        await container.upload_blob(name, data)  # the last two: the same bytes under two prompts
     first = naming.name_for("B cat", 1_690_000_000_010, "image/png")
 
     dry = await migrate(container, dry_run=True)
     report = await migrate(container)
     again = await migrate(container)
 
-    # In listing order: the tab's copy takes the name, the next picture the next millisecond,
-    # and the same picture again finds its copy there (as a rerun would).
+    # In listing order, each picture at the next free millisecond: the same bytes under
+    # another prompt are another picture, not an earlier copy whose source may go.
     assert outcomes(dry) == outcomes(report) == {
         tab: (Action.MOVED, first.blob),
         two_spaces: (Action.MOVED, first.later().blob),
-        space: (Action.RESUMED, first.later().blob),
+        space: (Action.MOVED, first.later(2).blob),
     }
-    assert report.summary() == "moved 2, resumed 1, left 0, conflicts 0"
+    assert report.summary() == "moved 3, resumed 0, left 0, conflicts 0"
     assert dry.summary() == f"dry run, nothing changed; a run would have: {report.summary()}"
     assert report.ok and again.ok and again.outcomes == []
-    assert set(await snapshot(container)) == {first.blob, first.later().blob}
-    assert await read(container, first.blob) == png_bytes(1)
-    assert await read(container, first.later().blob) == png_bytes(2)
+    assert set(await snapshot(container)) == {first.blob, first.later().blob, first.later(2).blob}
+    prompts = {}
+    for name in (first, first.later(), first.later(2)):
+        properties = await container.get_blob_client(name.blob).get_blob_properties()
+        prompts[unquote(properties.metadata["prompt"])] = await read(container, name.blob)
+    assert prompts == {"B\tcat": png_bytes(1), "B  cat": png_bytes(2), "B cat": png_bytes(2)}
 
 
 async def test_other_bytes_under_the_target_name_send_the_copy_a_millisecond_on_where_a_rerun_finds_it(

@@ -4,18 +4,19 @@ The Node version stored each picture as `{prompt}_{ts}.png` with the raw prompt,
 prompt with a "/" put its picture in a folder (`cats/dogs_{ts}.png`). Each one is
 copied to its scheme name `gallery/{inv}_{title}_{ts}.{ext}` with the Node timestamp
 (so the gallery keeps the order the pictures were drawn in), the copy is checked to
-hold the same bytes, and only then is the source deleted.
+hold the same bytes and prompt, and only then is the source deleted.
 
 Two Node names can make one scheme name (a title drops control characters and folds
-whitespace), so a target name holding other bytes is another picture: the copy moves on
-by 1 ms, as a new upload does on a clash, and both pictures stay. Only when every name
-tried holds other bytes is it a conflict, and the source stays.
+whitespace), so a target name holding other bytes, or the same bytes under another
+prompt, is another picture: the copy moves on by 1 ms, as a new upload does on a clash,
+and both pictures stay. Only when every name tried holds another picture is it a
+conflict, and the source stays.
 
 Any step may be interrupted. The copy is create-only, and the names are tried in order,
-so a later run meets an earlier run's copy (the same bytes) before any free name: it
-deletes the source (resumed) instead of copying it again. A dry run writes nothing, so
-it remembers where it would have copied what, and a later source of the same run meets
-those bytes as it would in a real run: the plan is what a run does.
+so a later run meets an earlier run's copy (the same bytes and prompt) before any free
+name: it deletes the source (resumed) instead of copying it again. A dry run writes
+nothing, so it remembers where it would have copied what, and a later source of the same
+run meets that copy as it would in a real run: the plan is what a run does.
 
 Blobs under `gallery/` are neither listed nor moved (the scheme's own; a Node prompt that
 began with "gallery/" left its picture there too, and it stays: see the README), and
@@ -49,7 +50,8 @@ from visionary import naming
 from visionary.images import MAX_IMAGE_BYTES, image_type
 from visionary.storage import CACHE_CONTROL, MAX_CLASH_RETRIES, describe_failure, encode_metadata, names_from
 
-Fingerprint = tuple[int, str]  # size and MD5 of a blob's bytes
+# Size and MD5 of a blob's bytes, and its prompt as its metadata holds it (percent-encoded)
+Fingerprint = tuple[int, str, str | None]
 
 
 class Action(Enum):
@@ -77,7 +79,7 @@ class Outcome:
             deleted = "the source would be deleted" if dry_run else "source deleted"
             return f"already there: {source} -> {target} ({deleted})"
         if self.action is Action.CONFLICT:
-            return (f"conflict: {source} -> {target}: other bytes are there and at the next "
+            return (f"conflict: {source} -> {target}: other pictures are there and at the next "
                     f"{MAX_CLASH_RETRIES - 1} milliseconds; source left")
         return f"{self.action.value}: {source}: {self.reason}"
 
@@ -178,8 +180,8 @@ async def _move(
 ) -> Outcome:
     """Copy the picture to the first of its names that is free, or find it at one already.
 
-    Each name is read in turn: the same bytes are an earlier copy (resumed), a free name
-    takes the copy, other bytes send it on to the next millisecond. Stopping at the first
+    Each name is read in turn: the same bytes and prompt are an earlier copy (resumed), a
+    free name takes the copy, another picture sends it on to the next millisecond. Stopping at the first
     free name is what keeps reruns from copying twice: every run fills the names in order,
     so an earlier copy comes before any free name (unless someone deletes a picture at an
     earlier name between the runs).
@@ -191,7 +193,8 @@ async def _move(
         return _left(source, "not a whole PNG, JPEG or WebP image")
     # The extension follows the real format, as it does for new pictures.
     first = naming.name_for(node.prompt, node.ts, content_type)
-    fingerprint = _fingerprint(data)
+    # The prompt as the copy's metadata holds it: a prompt too long for metadata is cut there.
+    fingerprint = _fingerprint(data, _metadata(node.prompt, first)["prompt"])
     for target in names_from(first):  # as many names as an upload tries on a clash
         there = await _held_at(container, target.blob, planned)
         copied = False
@@ -199,7 +202,7 @@ async def _move(
             if dry_run:
                 planned[target.blob] = fingerprint
                 return Outcome(source, Action.MOVED, target.blob)
-            copied = await _copy(container, target, data, node.prompt)
+            copied = await _copy(container, target, data, _metadata(node.prompt, target))
             there = await _fingerprint_at(container, target.blob)  # the copy, or what took the name meanwhile
         if there == fingerprint:
             if not dry_run:
@@ -207,14 +210,17 @@ async def _move(
             return Outcome(source, Action.MOVED if copied else Action.RESUMED, target.blob)
         if copied:
             return Outcome(source, Action.ERROR, target.blob, f"the copy at {_one_line(target.blob)} "
-                           "does not hold the source's bytes; source left")
+                           "does not hold the source's bytes and prompt; source left")
     return Outcome(source, Action.CONFLICT, first.blob)
 
 
-async def _copy(container: ContainerClient, target: naming.BlobName, data: bytes, prompt: str) -> bool:
+def _metadata(prompt: str, target: naming.BlobName) -> dict[str, str]:
+    return encode_metadata(prompt, None, None, target.created_at)  # the model is not known
+
+
+async def _copy(container: ContainerClient, target: naming.BlobName, data: bytes, metadata: dict[str, str]) -> bool:
     """Create-only upload (If-None-Match: *). False when the name was taken meanwhile."""
     settings = ContentSettings(content_type=target.content_type, cache_control=CACHE_CONTROL)
-    metadata = encode_metadata(prompt, None, None, target.created_at)  # the model is not known
     try:
         await container.upload_blob(
             target.blob, data, overwrite=False, content_settings=settings, metadata=metadata
@@ -242,15 +248,16 @@ async def _held_at(
 
 
 async def _fingerprint_at(container: ContainerClient, blob: str) -> Fingerprint | None:
-    """Size and MD5 of a blob's bytes as stored, read back; None when there is no such blob."""
+    """A blob's bytes and prompt as stored, read back; None when there is no such blob."""
     try:
-        return _fingerprint(await (await container.download_blob(blob)).readall())
+        downloaded = await container.download_blob(blob)
+        return _fingerprint(await downloaded.readall(), downloaded.properties.metadata.get("prompt"))
     except ResourceNotFoundError:
         return None
 
 
-def _fingerprint(data: bytes) -> Fingerprint:
-    return len(data), hashlib.md5(data, usedforsecurity=False).hexdigest()
+def _fingerprint(data: bytes, prompt: str | None) -> Fingerprint:
+    return len(data), hashlib.md5(data, usedforsecurity=False).hexdigest(), prompt
 
 
 def _left(source: str, reason: str) -> Outcome:
