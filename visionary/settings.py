@@ -11,6 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TypedDict, overload
 
 from visionary import identity
 from visionary.errors import ApiError
@@ -179,13 +180,23 @@ class Settings:
             raise ApiError.not_configured(" ".join(self.problems))
 
 
+class _StorageCommon(TypedDict):
+    """What StorageSettings hold whichever way they reach the account."""
+
+    container: str
+    system_container: str
+    public_base_url: str | None
+    sas_ttl_minutes: int
+    timeout_seconds: float
+
+
 def _storage(env: _Reader) -> StorageSettings | None:
     container = env.container_name("VISIONARY_CONTAINER", DEFAULT_CONTAINER)
     system_container = env.container_name("VISIONARY_SYSTEM_CONTAINER", DEFAULT_SYSTEM_CONTAINER)
     if system_container == container:
         # The gallery's SAS reads its whole container: the guards' records must live apart.
         env.problems.append("VISIONARY_SYSTEM_CONTAINER must differ from VISIONARY_CONTAINER.")
-    common = dict(
+    common = _StorageCommon(
         container=container,
         system_container=system_container,
         public_base_url=(env.text("VISIONARY_PUBLIC_BASE_URL") or "").rstrip("/") or None,
@@ -295,7 +306,14 @@ class _Reader:
 
     def optional_integer(self, name: str, low: int, high: int) -> int | None:
         """A whole number, or None when the setting is absent (or malformed: reported)."""
-        return self.number(name, None, low, high, whole=True)
+        value = self.number(name, None, low, high, whole=True)
+        return None if value is None else int(value)
+
+    @overload
+    def number(self, name: str, default: float, low: float, high: float, whole: bool = False) -> float: ...
+
+    @overload
+    def number(self, name: str, default: None, low: float, high: float, whole: bool = False) -> float | None: ...
 
     def number(self, name: str, default: float | None, low: float, high: float, whole: bool = False) -> float | None:
         raw = self.text(name)
