@@ -134,6 +134,8 @@ async def test_without_storage_settings_both_endpoints_say_what_to_set(api: Api)
         # The portal's "Blob service SAS URL": its SAS would ride along in every link.
         ({"VISIONARY_STORAGE_ACCOUNT_URL": "https://acct.blob.core.windows.net/?sv=2022-11-02&sp=rwdlac&sig=S3CRET"},
          "without a query"),
+        # A custom domain: the storage SDK cannot tell the account's name, which signs the links.
+        ({"VISIONARY_STORAGE_ACCOUNT_URL": "https://pictures.example.com"}, "must name the account"),
     ],
 )
 async def test_a_storage_setting_that_can_never_work_is_named_not_retried(api: Api, monkeypatch, settings, named):

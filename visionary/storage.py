@@ -114,6 +114,19 @@ class Gallery:
         credential = managed_identity(settings.client_id) if settings.account_url else None
         service = open_service_client(settings, credential)
         container = service.get_container_client(settings.container)
+        key = getattr(service.credential, "account_key", None)
+        if key is None and credential is None:
+            raise ApiError.not_configured(
+                "The storage connection string has no account key to sign read links with: use one with "
+                "AccountKey, or VISIONARY_STORAGE_ACCOUNT_URL with a managed identity."
+            )
+        if service.account_name is None:
+            # A key comes with its account's name; an account URL on another domain does not name it.
+            raise ApiError.not_configured(
+                "The storage account URL (VISIONARY_STORAGE_ACCOUNT_URL or "
+                "AzureWebJobsStorage__blobServiceUri) must name the account, as "
+                "https://{account}.blob.core.windows.net does: read links are signed with its name."
+            )
         policy = SasPolicy(
             account_name=service.account_name,
             container=settings.container,
@@ -121,16 +134,10 @@ class Gallery:
             ttl=timedelta(minutes=settings.sas_ttl_minutes),
             public_base_url=settings.public_base_url,
         )
-        key = getattr(service.credential, "account_key", None)
         if key is not None:
             signer: ReadSigner = AccountKeySigner(policy, key)
-        elif credential is not None:
-            signer = UserDelegationSigner(policy, service)
         else:
-            raise ApiError.not_configured(
-                "The storage connection string has no account key to sign read links with: use one with "
-                "AccountKey, or VISIONARY_STORAGE_ACCOUNT_URL with a managed identity."
-            )
+            signer = UserDelegationSigner(policy, service)
         return cls(container, signer, service=service, timeout=settings.timeout_seconds, credential=credential)
 
     def system_container(self, name: str) -> ContainerClient:
