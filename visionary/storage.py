@@ -20,9 +20,11 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import TypedDict
 from urllib.parse import quote, unquote, urlsplit
 
 from azure.core import MatchConditions
+from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import (
     AzureError,
     ClientAuthenticationError,
@@ -73,6 +75,8 @@ class StoredImage:
     @classmethod
     def from_record(cls, record: dict) -> StoredImage:
         name = naming.parse_gallery_name(record["blob"])
+        if name is None:  # only a ledger record edited by hand: to_record names a gallery blob
+            raise ValueError(f"a stored record names no gallery blob: {record['blob']!r}")
         return cls(name, record["prompt"], name.created_at, record["revisedPrompt"], record["model"])
 
 
@@ -99,7 +103,7 @@ class Gallery:
         clock: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         service: BlobServiceClient | None = None,
         timeout: float | None = None,
-        credential: object | None = None,
+        credential: AsyncTokenCredential | None = None,
     ) -> None:
         self.container = container
         self.signer = signer
@@ -262,7 +266,8 @@ class Gallery:
             if token and error.status_code == 400:  # a forged cursor carried a token Azure rejects
                 raise _invalid_cursor() from None
             raise
-        return images, pages.continuation_token
+        # by_page() returns an AsyncPageIterator, which has the token; azure-core annotates an AsyncIterator.
+        return images, pages.continuation_token  # type: ignore[attr-defined]
 
 
 def names_from(first: naming.BlobName) -> Iterator[naming.BlobName]:
@@ -283,16 +288,28 @@ def _bare_url(url: str) -> str:
     return urlsplit(url)._replace(query="", fragment="").geturl().rstrip("/")
 
 
-def open_service_client(settings: StorageSettings, credential: object | None = None) -> BlobServiceClient:
+class _ClientOptions(TypedDict):
+    """What every storage client is made with, however it signs in."""
+
+    connection_timeout: float
+    read_timeout: float
+    retry_policy: LinearRetry
+    use_env_settings: bool
+
+
+def open_service_client(
+    settings: StorageSettings, credential: AsyncTokenCredential | None = None
+) -> BlobServiceClient:
     # The storage SDK's default retries back off 15 s and more: an outage would hold
     # requests for minutes. Two quick retries, then the caller's deadline decides.
     # use_env_settings=False: aiohttp's trust_env would look for a .netrc file in a worker
     # thread on every request (6% of a busy process in the profile); proxies from
     # HTTP(S)_PROXY are not used for storage.
-    options = dict(
+    options = _ClientOptions(
         connection_timeout=settings.timeout_seconds,
         read_timeout=settings.timeout_seconds,
-        retry_policy=LinearRetry(backoff=0.3, random_jitter_range=0.2, retry_total=2),
+        # The SDK annotates these seconds as int, but computes with floats (random.uniform).
+        retry_policy=LinearRetry(backoff=0.3, random_jitter_range=0.2, retry_total=2),  # type: ignore[arg-type]
         use_env_settings=False,
     )
     if settings.connection_string:
@@ -303,10 +320,12 @@ def open_service_client(settings: StorageSettings, credential: object | None = N
                 "The storage connection string (VISIONARY_STORAGE_CONNECTION_STRING or AzureWebJobsStorage) "
                 "is malformed."
             ) from None
-    if settings.account_key:
+    if settings.account_name and settings.account_key:
         url = f"https://{settings.account_name}.blob.core.windows.net"
         key = {"account_name": settings.account_name, "account_key": settings.account_key}
         return BlobServiceClient(url, credential=key, **options)
+    if settings.account_url is None:
+        raise ValueError("StorageSettings name no way to reach the account")
     return BlobServiceClient(settings.account_url, credential=credential, **options)
 
 
@@ -361,6 +380,16 @@ def _iso(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def error_code(error: HttpResponseError) -> str | None:
+    """The code storage answered with (ContainerNotFound, AuthorizationPermissionMismatch...), if any.
+
+    The storage SDK sets `error_code` (a StorageErrorCode, or a str it does not know) on the
+    azure-core errors it raises; azure-core's own classes do not declare it.
+    """
+    code = getattr(error, "error_code", None)
+    return getattr(code, "value", code)
+
+
 def describe_failure(error: BaseException) -> str:
     """A storage failure in a few words for a log line: status and code, never a URL, key or body.
 
@@ -368,7 +397,7 @@ def describe_failure(error: BaseException) -> str:
     shared keys turned off: 403 KeyBasedAuthenticationNotPermitted) differ only by code.
     """
     if isinstance(error, HttpResponseError) and error.status_code:
-        code = getattr(error.error_code, "value", error.error_code) or ""  # StorageErrorCode, or a str
+        code = error_code(error) or ""
         return f"storage answered {error.status_code} {code}".rstrip()
     if isinstance(error, ClientAuthenticationError):  # from the credential: storage was never asked
         return "the sign-in to storage failed: check the Function App's managed identity"
