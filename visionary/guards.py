@@ -25,7 +25,7 @@ from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModif
 from azure.storage.blob.aio import BlobClient, ContainerClient
 
 from visionary.errors import ApiError
-from visionary.storage import ensure_container
+from visionary.storage import ensure_container, error_code
 
 log = logging.getLogger("visionary")
 
@@ -51,7 +51,7 @@ async def read_record(container: ContainerClient, blob: BlobClient, well_formed:
     try:
         download = await blob.download_blob()
     except ResourceNotFoundError as missing:
-        if missing.error_code == "ContainerNotFound":
+        if error_code(missing) == "ContainerNotFound":
             await ensure_container(container)
         return Record(None, None)
     try:
@@ -200,7 +200,7 @@ class IdempotencyLedger:
         while True:
             async with asyncio.timeout(self.timeout):
                 record = await read_record(self.container, blob, _is_marker)
-            if self._claimable(record, fingerprint):
+            if record.data is None or self._claimable(record.data, fingerprint):
                 running = {"fingerprint": fingerprint, "state": "running", "since": _now_iso()}
                 async with asyncio.timeout(self.timeout):
                     claim = await write_record(blob, running, record.etag)
@@ -213,15 +213,13 @@ class IdempotencyLedger:
                 raise ApiError.in_progress()
             await asyncio.sleep(self.poll_seconds)
 
-    def _claimable(self, record: Record, fingerprint: str) -> bool:
-        if record.data is None:
+    def _claimable(self, marker: dict, fingerprint: str) -> bool:
+        age = datetime.now(timezone.utc) - datetime.fromisoformat(marker["since"])
+        if marker["state"] == "done" and age > IDEMPOTENCY_WINDOW:
             return True
-        age = datetime.now(timezone.utc) - datetime.fromisoformat(record.data["since"])
-        if record.data["state"] == "done" and age > IDEMPOTENCY_WINDOW:
+        if marker["state"] == "running" and age > self.stale_after:
             return True
-        if record.data["state"] == "running" and age > self.stale_after:
-            return True
-        if record.data["fingerprint"] != fingerprint:
+        if marker["fingerprint"] != fingerprint:
             raise ApiError.idempotency_conflict()
         return False
 

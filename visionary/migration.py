@@ -48,7 +48,14 @@ from azure.storage.blob.aio import ContainerClient
 
 from visionary import naming
 from visionary.images import MAX_IMAGE_BYTES, image_type
-from visionary.storage import CACHE_CONTROL, MAX_CLASH_RETRIES, describe_failure, encode_metadata, names_from
+from visionary.storage import (
+    CACHE_CONTROL,
+    MAX_CLASH_RETRIES,
+    describe_failure,
+    encode_metadata,
+    error_code,
+    names_from,
+)
 
 # Size and MD5 of a blob's bytes, and its prompt as its metadata holds it (percent-encoded)
 Fingerprint = tuple[int, str, str | None]
@@ -153,7 +160,7 @@ async def _outside_gallery(container: ContainerClient) -> AsyncIterator[BlobProp
     except ResourceNotFoundError as error:
         # No container: nothing to migrate. Only that: a client without the right to see a
         # private container also hears 404 (ResourceNotFound), and must not report "moved 0".
-        if error.error_code != "ContainerNotFound":
+        if error_code(error) != "ContainerNotFound":
             raise
 
 
