@@ -15,10 +15,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import TypeVar
+from typing import TypedDict, TypeVar
 
 import aiohttp
 import openai
+from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import ClientAuthenticationError
 
 from visionary.errors import ApiError
@@ -43,7 +44,7 @@ class ModelService:
     """An SDK client for the configured service, with the credential it signs in with."""
 
     client: openai.AsyncOpenAI
-    credential: object | None = None  # azure.identity.aio.DefaultAzureCredential, keyless Azure only
+    credential: AsyncTokenCredential | None = None  # the managed identity's, keyless Azure only
 
     async def close(self) -> None:
         await self.client.close()
@@ -51,11 +52,26 @@ class ModelService:
             await self.credential.close()
 
 
+class _ClientOptions(TypedDict):
+    """What the SDK client is made with, whichever service it speaks to."""
+
+    timeout: float
+    max_retries: int
+    http_client: openai.DefaultAioHttpClient
+
+
+class _AzureClientOptions(_ClientOptions):
+    """Those, and where Azure OpenAI is and which API version it speaks."""
+
+    azure_endpoint: str
+    api_version: str
+
+
 def open_service(settings: ModelSettings) -> ModelService:
     """One SDK client for the configured service (OpenAI or Azure OpenAI)."""
     # On aiohttp, the HTTP stack the storage SDK already runs: one connection machinery for
     # the whole app, and megabytes of base64 read a little faster than through httpx2.
-    common = dict(
+    common = _ClientOptions(
         timeout=settings.timeout_seconds,
         max_retries=settings.max_retries,
         http_client=openai.DefaultAioHttpClient(timeout=settings.timeout_seconds),
@@ -66,7 +82,11 @@ def open_service(settings: ModelSettings) -> ModelService:
             api_key=settings.openai_api_key or "not-needed", base_url=settings.openai_base_url, **common
         )
         return ModelService(client)
-    azure = dict(azure_endpoint=settings.azure_endpoint, api_version=settings.api_version, **common)
+    if settings.azure_endpoint is None:  # Settings.require_models() names the missing setting first
+        raise ValueError("Azure OpenAI needs its endpoint")
+    azure = _AzureClientOptions(
+        azure_endpoint=settings.azure_endpoint, api_version=settings.api_version, **common
+    )
     if settings.azure_api_key:
         return ModelService(openai.AsyncAzureOpenAI(api_key=settings.azure_api_key, **azure))
     from azure.identity.aio import get_bearer_token_provider
