@@ -22,6 +22,8 @@ from visionary.settings import Settings
 from visionary.storage import Gallery
 
 if TYPE_CHECKING:
+    from openai import AsyncOpenAI
+
     from visionary.images import ImageProvider
     from visionary.suggestions import SuggestionProvider
 
@@ -79,7 +81,7 @@ class Clients:
         return ChatSuggestions(self._model_client, models.chat_target, models.deadline_seconds)
 
     @cached_property
-    def _model_client(self):
+    def _model_client(self) -> AsyncOpenAI:
         """One SDK client (and connection pool) shared by images and suggestions."""
         from visionary.models import open_service
 

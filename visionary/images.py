@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import binascii
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import httpx
 import pybase64
@@ -20,6 +20,10 @@ import pybase64
 from visionary.errors import ApiError
 from visionary.models import MALFORMED_ANSWER, call_model
 from visionary.text import without_forbidden
+
+if TYPE_CHECKING:
+    from openai import AsyncOpenAI
+    from openai.types import ImagesResponse
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 DOWNLOAD_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
@@ -61,7 +65,9 @@ def checked(data: bytes, model: str, revised_prompt: str | None) -> GeneratedIma
 class ModelImages:
     """Images from an OpenAI-protocol model. `model` is a model name, or on Azure a deployment."""
 
-    def __init__(self, client, model: str, downloads: httpx.AsyncClient, deadline: float | None = None) -> None:
+    def __init__(
+        self, client: AsyncOpenAI, model: str, downloads: httpx.AsyncClient, deadline: float | None = None
+    ) -> None:
         self._client = client
         self._model = model
         self._downloads = downloads
@@ -83,10 +89,10 @@ class ModelImages:
         return checked(data, self._model, revised_prompt)
 
 
-def _first_picture(response: object) -> tuple[str | None, str | None, str | None]:
+def _first_picture(response: ImagesResponse) -> tuple[str | None, str | None, str | None]:
     """The first picture's base64, link and revised prompt, each None unless it is text."""
     try:
-        image = response.data[0]
+        image = (response.data or [])[0]  # None: no pictures, as an empty list
         fields = (image.b64_json, image.url, image.revised_prompt)
     except MALFORMED_ANSWER:
         return None, None, None

@@ -7,11 +7,15 @@ word lists.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from visionary.errors import ApiError
 from visionary.models import MALFORMED_ANSWER, call_model
 from visionary.text import without_forbidden
+
+if TYPE_CHECKING:
+    from openai import AsyncOpenAI
+    from openai.types.chat import ChatCompletion
 
 # Reasoning models spend part of this budget thinking; the prompt itself is short.
 MAX_COMPLETION_TOKENS = 1000
@@ -40,7 +44,7 @@ def clean(text: str) -> str:
 
 
 class ChatSuggestions:
-    def __init__(self, client, model: str, deadline: float | None = None) -> None:
+    def __init__(self, client: AsyncOpenAI, model: str, deadline: float | None = None) -> None:
         self._client = client
         self._model = model
         self._deadline = deadline  # for the model call, all its retries included
@@ -64,7 +68,7 @@ class ChatSuggestions:
         return text
 
 
-def _first_text(completion: object) -> str:
+def _first_text(completion: ChatCompletion) -> str:
     """The first choice's text, cleaned; empty when there is none (or the answer is malformed)."""
     try:
         content = completion.choices[0].message.content
