@@ -17,13 +17,14 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import azure.functions as func
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from azure.functions.decorators.http import HttpTrigger
 
 from visionary.endpoints import error_response
 from visionary.errors import ApiError
@@ -63,7 +64,7 @@ class HostConfig:
                 '"Values" and "Host" are objects, "Host.CORS" and "routePrefix" are strings.'
             ) from None
 
-    def apply_values(self, environ: dict[str, str] = os.environ) -> None:
+    def apply_values(self, environ: MutableMapping[str, str] = os.environ) -> None:
         """local.settings.json `Values` become settings; the environment wins."""
         for name, value in self.values.items():
             environ.setdefault(name, value)
@@ -89,14 +90,14 @@ def _read_json(path: Path) -> dict:
 class Route:
     pattern: re.Pattern[str]
     methods: tuple[str, ...]
-    function: object  # azure.functions Function
+    function: func.Function
 
     def match(self, path: str) -> dict[str, str] | None:
         found = self.pattern.fullmatch(path)
         return found.groupdict() if found else None
 
 
-def routes_of(functions: Iterable, prefix: str) -> list[Route]:
+def routes_of(functions: Iterable[func.Function], prefix: str) -> list[Route]:
     """The route table of the HTTP triggers, as the Functions host builds it.
 
     `functions` is what `FunctionApp.get_functions()` returns (it may be called
@@ -105,10 +106,11 @@ def routes_of(functions: Iterable, prefix: str) -> list[Route]:
     table = []
     for function in functions:
         trigger = function.get_trigger()
-        if trigger is None or trigger.type != "httpTrigger":
+        if not isinstance(trigger, HttpTrigger):
             continue
         template = "/".join(p for p in (prefix, trigger.route or function.get_function_name()) if p)
-        methods = tuple(str(getattr(m, "value", m)).upper() for m in (trigger.methods or ["GET", "POST"]))
+        default_methods = (func.HttpMethod.GET, func.HttpMethod.POST)
+        methods = tuple(str(getattr(m, "value", m)).upper() for m in (trigger.methods or default_methods))
         table.append(Route(_compile(template), methods, function))
     return table
 
@@ -139,7 +141,7 @@ _UNPARSED_REQUESTS = _WithoutTheRequest()
 
 
 class LocalHost:
-    def __init__(self, functions: Iterable, config: HostConfig, root: Path = ROOT) -> None:
+    def __init__(self, functions: Iterable[func.Function], config: HostConfig, root: Path = ROOT) -> None:
         self.config = config
         self.routes = routes_of(functions, config.route_prefix)
         self.web_root = root / "web"
@@ -213,12 +215,12 @@ class LocalHost:
     @web.middleware
     async def _cors(self, request: web.Request, handler) -> web.StreamResponse:
         origin = request.headers.get("Origin")
-        allowed = origin and ("*" in self.config.cors or origin in self.config.cors)
+        allowed_origin = origin if origin and ("*" in self.config.cors or origin in self.config.cors) else None
         if request.method == "OPTIONS" and origin and "Access-Control-Request-Method" in request.headers:
             # A preflight ends here, as in the host's CORS middleware: 204, and the CORS
             # headers only for an allowed origin (without them the browser refuses).
             response: web.StreamResponse = web.Response(status=204)
-            if allowed:
+            if allowed_origin:
                 response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
                 requested = request.headers.get("Access-Control-Request-Headers")
                 if requested:
@@ -226,8 +228,8 @@ class LocalHost:
                 response.headers["Access-Control-Max-Age"] = "600"
         else:
             response = await handler(request)
-        if allowed:
-            response.headers["Access-Control-Allow-Origin"] = "*" if "*" in self.config.cors else origin
+        if allowed_origin:
+            response.headers["Access-Control-Allow-Origin"] = "*" if "*" in self.config.cors else allowed_origin
             if "*" not in self.config.cors:
                 response.headers["Vary"] = "Origin"
         return response
