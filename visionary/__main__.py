@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import io
 import logging
 import os
 import socket
@@ -133,7 +134,8 @@ def migrate(dry_run: bool) -> int:
     from visionary.settings import Settings
 
     HostConfig.load().apply_values()
-    sys.stdout.reconfigure(errors="backslashreplace")  # a prompt's emoji on a console that cannot show it
+    if isinstance(sys.stdout, io.TextIOWrapper):  # a stream put in its place may have no reconfigure()
+        sys.stdout.reconfigure(errors="backslashreplace")  # a prompt's emoji on a console that cannot show it
     try:
         report = asyncio.run(_migrate(Settings.from_env().require_storage(), dry_run))
     except ApiError as error:
