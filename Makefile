@@ -1,4 +1,4 @@
-# VisionaryAI: `make run` serves the app on http://127.0.0.1:7071; `make test` runs the suite.
+# VisionaryAI: `make run` serves the app on http://127.0.0.1:7071; `make test` type-checks the app, then runs the suite.
 # Both install what they need first (a .venv from the pinned requirements, Azurite from package-lock.json).
 
 PYTHON ?= python3
@@ -27,10 +27,11 @@ $(CHROMIUM):
 	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
 
 test: install $(CHROMIUM)
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 clean:
-	rm -rf $(VENV) node_modules .azurite
+	rm -rf $(VENV) node_modules .azurite .mypy_cache
 
 run: install
 	test -f local.settings.json || cp local.settings.example.json local.settings.json
