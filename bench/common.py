@@ -26,7 +26,6 @@ from tests.azurite import Azurite, free_port  # noqa: E402
 from tests.served import ROOT_ENV, ServedApp  # noqa: E402
 
 
-
 @dataclass
 class Figure:
     name: str

@@ -7,7 +7,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from urllib.parse import urlsplit, parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 import azure.functions as func
 import httpx
@@ -20,11 +20,10 @@ import function_app
 from tests.azurite import Azurite, free_port
 from tests.openai_server import OpenAIServer
 from tests.served import APP_SETTINGS, ROOT_ENV, ServedApp
-from visionary.localhost import HostConfig, LocalHost
 from visionary import clients
+from visionary.localhost import HostConfig, LocalHost
 from visionary.settings import Settings
 from visionary.storage import Gallery
-
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from azure.storage.blob.aio import ContainerClient
 
 from tests.azurite import ACCOUNT
 from tests.azurite import KEY as ACCOUNT_KEY
-from tests.conftest import AZURE_KEY, OPENAI_KEY, Api, blob_names, png_bytes
+from tests.conftest import AZURE_KEY, OPENAI_KEY, Api, blob_names
 from tests.openai_server import OpenAIServer
 from visionary import clients, images
 from visionary.errors import ApiError

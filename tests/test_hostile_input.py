@@ -13,7 +13,7 @@ from azure.storage.blob.aio import ContainerClient
 
 from tests.conftest import Api, png_bytes
 from visionary import naming
-from visionary.storage import encode_cursor
+from visionary.cursors import encode_cursor
 
 SAS_FIELDS = {"sv", "st", "se", "sr", "sp", "sig", "spr"}
 

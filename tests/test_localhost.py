@@ -10,7 +10,7 @@ import pytest
 from tests.azurite import Azurite, free_port
 from tests.conftest import start_local_host
 from tests.served import ROOT_ENV, ServedApp
-from visionary.localhost import HostConfig, HostConfigError, LocalHost, routes_of
+from visionary.localhost import HostConfig, HostConfigError, routes_of
 
 
 async def test_the_node_frontends_calls_work_in_lower_case(http: httpx.AsyncClient, offline_env):

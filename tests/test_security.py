@@ -13,9 +13,9 @@ import pytest
 from azure.storage.blob import AccountSasPermissions, ResourceTypes, generate_account_sas
 from azure.storage.blob.aio import ContainerClient
 
+from tests import openai_server
 from tests.azurite import KEY as ACCOUNT_KEY
 from tests.conftest import OPENAI_KEY, ROOT_ENV, Api, Response, png_bytes
-from tests import openai_server
 from tests.openai_server import OpenAIServer
 from visionary.settings import DEFAULT_SYSTEM_CONTAINER
 

@@ -1,14 +1,10 @@
-import base64
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from urllib.parse import unquote
 
-import pytest
 from azure.storage.blob.aio import ContainerClient
 
 from tests.conftest import png_bytes
-from visionary import naming
-from visionary.storage import Gallery, decode_cursor, encode_cursor, encode_metadata
-from visionary.errors import ApiError
+from visionary.storage import Gallery, encode_metadata
 
 NOW = 1_763_700_000_000
 
@@ -58,15 +54,6 @@ async def test_a_page_is_newest_first_and_the_cursor_walks_on(gallery: Gallery):
 async def test_no_container_is_an_empty_page(gallery: Gallery):
     page = await gallery.page(10, None)
     assert page.images == [] and page.next_cursor is None
-
-
-def test_cursors_are_ours_or_rejected():
-    assert decode_cursor(encode_cursor("gallery/123_x_1.png")) == "gallery/123_x_1.png"
-    nested = base64.urlsafe_b64encode(b"[" * 2000).decode()  # deeper than json.loads recurses
-    for cursor in ["gallery/123_x_1.png", "e30", "W10", "eyJ2IjoyLCJ0b2tlbiI6IngifQ", "!!!", "a" * 5000, nested]:
-        with pytest.raises(ApiError) as caught:
-            decode_cursor(cursor)
-        assert caught.value.code == "invalid_parameter"
 
 
 def test_metadata_stays_within_azures_8_kib():

@@ -80,7 +80,6 @@ def serve_app(host: str, port: int) -> int:
             flush=True,
         )
     import function_app
-
     from visionary import clients
 
     application = LocalHost(function_app.app.get_functions(), config).application()

@@ -21,7 +21,12 @@ from datetime import datetime, timedelta, timezone
 from typing import AsyncIterator
 
 from azure.core import MatchConditions
-from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import (
+    AzureError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
 from azure.storage.blob.aio import BlobClient, ContainerClient
 
 from visionary.errors import ApiError

@@ -1,21 +1,14 @@
 """The gallery in Blob Storage: create-only uploads and newest-first pages.
 
 One private container holds every picture under `gallery/` (see `naming`). A page
-is one `List Blobs` call; the cursor handed to clients wraps Azure's
-continuation token in an encoding of our own, so a cursor that is not ours is
-rejected instead of silently restarting the listing.
+is one `List Blobs` call, and its cursor wraps Azure's continuation token (see `cursors`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import hashlib
-import json
 import logging
 import time
-import unicodedata
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,6 +29,7 @@ from azure.storage.blob import ContentSettings
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient, LinearRetry
 
 from visionary import naming
+from visionary.cursors import decode_cursor, encode_cursor, invalid_cursor
 from visionary.errors import ApiError
 from visionary.identity import managed_identity
 from visionary.sas import AccountKeySigner, ReadSas, ReadSigner, SasPolicy, UserDelegationSigner
@@ -264,7 +258,7 @@ class Gallery:
             return [], None
         except HttpResponseError as error:
             if token and error.status_code == 400:  # a forged cursor carried a token Azure rejects
-                raise _invalid_cursor() from None
+                raise invalid_cursor() from None
             raise
         # by_page() returns an AsyncPageIterator, which has the token; azure-core annotates an AsyncIterator.
         return images, pages.continuation_token  # type: ignore[attr-defined]
@@ -404,53 +398,3 @@ def describe_failure(error: BaseException) -> str:
     if isinstance(error, TimeoutError):
         return "storage did not answer within the deadline"
     return f"storage could not be reached ({type(error).__name__})"
-
-
-# -- cursors ---------------------------------------------------------------
-
-_CURSOR_VERSION = 1
-# A token can hold a blob name: 1,024 characters, up to 4 KiB of UTF-8, base64 twice over.
-MAX_CURSOR_CHARS = 12_288
-
-
-def encode_cursor(continuation_token: str) -> str:
-    payload = {"v": _CURSOR_VERSION, "token": continuation_token, "check": _check(continuation_token)}
-    # As UTF-8, not \u escapes: a token of a long non-ASCII name must still fit MAX_CURSOR_CHARS.
-    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
-
-
-def _check(token: str) -> str:
-    # Azurite's tokens are bare blob names, which any marker resembles: without a check,
-    # a cursor made up by a client would silently list from somewhere else.
-    return hashlib.sha256(f"visionary-cursor\x00{token}".encode()).hexdigest()[:16]
-
-
-def decode_cursor(cursor: str) -> str:
-    """Azure's continuation token from one of our cursors; anything else is a 400."""
-    try:
-        if len(cursor) > MAX_CURSOR_CHARS:
-            raise ValueError("too long")
-        padded = cursor + "=" * (-len(cursor) % 4)
-        payload = json.loads(base64.b64decode(padded, altchars=b"-_", validate=True))
-        token = payload["token"]
-        if payload["v"] != _CURSOR_VERSION or not isinstance(token, str) or payload["check"] != _check(token):
-            raise ValueError("not ours")
-        if not token or any(unicodedata.category(ch) in ("Cc", "Cs") or _noncharacter(ch) for ch in token):
-            raise ValueError("not a token storage would accept")
-    except (binascii.Error, ValueError, TypeError, KeyError, RecursionError):  # Recursion: "[[[[..."
-        raise _invalid_cursor() from None
-    return payload["token"]
-
-
-def _noncharacter(ch: str) -> bool:
-    # U+FDD0..U+FDEF and the last two code points of each plane. Azure's naming rules refuse
-    # them in blob names, so no listing's token holds one; Azurite answers such a marker 500.
-    code = ord(ch)
-    return 0xFDD0 <= code <= 0xFDEF or code & 0xFFFE == 0xFFFE
-
-
-def _invalid_cursor() -> ApiError:
-    return ApiError.invalid_parameter(
-        "cursor is not one this API issued; pass the nextCursor of the previous page, or omit it."
-    )

@@ -1,0 +1,23 @@
+import base64
+
+import pytest
+
+from visionary.cursors import MAX_CURSOR_CHARS, decode_cursor, encode_cursor
+from visionary.errors import ApiError
+
+
+def test_cursors_are_ours_or_rejected():
+    assert decode_cursor(encode_cursor("gallery/123_x_1.png")) == "gallery/123_x_1.png"
+    nested = base64.urlsafe_b64encode(b"[" * 2000).decode()  # deeper than json.loads recurses
+    for cursor in ["gallery/123_x_1.png", "e30", "W10", "eyJ2IjoyLCJ0b2tlbiI6IngifQ", "!!!", "a" * 5000, nested]:
+        with pytest.raises(ApiError) as caught:
+            decode_cursor(cursor)
+        assert caught.value.code == "invalid_parameter"
+
+
+def test_a_cursor_at_the_longest_blob_name_fits():
+    # 1,024 characters, each four bytes of UTF-8: more than any blob name, and so any token, holds.
+    longest = "gallery/" + "\U0001F600" * 1016
+    cursor = encode_cursor(longest)
+    assert len(cursor) <= MAX_CURSOR_CHARS
+    assert decode_cursor(cursor) == longest
