@@ -20,7 +20,7 @@ app = func.FunctionApp(http_auth_level=auth_level())
 async def generateImage(req: func.HttpRequest) -> func.HttpResponse:
     current = clients.current()
     settings = current.settings
-    deadline = Deadline.after(settings.request_deadline_seconds)
+    deadline = Deadline.after(settings.require_request_deadline())
     request = ImageRequest.from_body(
         json_body(req, settings.max_body_bytes), settings.max_prompt_chars, settings.require_models()
     )

@@ -311,6 +311,18 @@ async def test_the_request_deadline_bounds_the_model_and_leaves_time_for_storage
     assert (await api.generate({"prompt": PROMPT}, headers={"Idempotency-Key": "deadline-1"})).status == 201
 
 
+async def test_a_deadline_without_room_for_the_storage_steps_is_named_by_generate_image_alone(
+    api: Api, openai_env: OpenAIServer, monkeypatch
+):
+    monkeypatch.setenv("VISIONARY_STORAGE_TIMEOUT_SECONDS", "80")  # three of them: more than the 225 s
+    refused = await api.generate({"prompt": PROMPT})
+    assert (refused.status, refused.json()["code"]) == (503, "not_configured")
+    assert "VISIONARY_REQUEST_DEADLINE_SECONDS" in refused.json()["error"]
+    assert openai_env.model_calls() == []
+    assert (await api.get_images()).status == 200  # the gallery keeps no time for later steps
+    assert (await api.call("sasToken")).status == 200
+
+
 async def test_a_request_whose_time_went_on_storage_never_reaches_the_model(
     openai_env: OpenAIServer, gallery: Gallery, container: ContainerClient
 ):

@@ -2,6 +2,7 @@ import asyncio
 import hashlib
 import json
 import os
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -17,7 +18,7 @@ from tests.openai_server import OpenAIServer
 from tests.served import ServedApp
 from visionary.clients import Clients
 from visionary.errors import ApiError
-from visionary.guards import DailyCap, IdempotencyLedger
+from visionary.guards import DailyCap, IdempotencyLedger, fingerprint
 from visionary.settings import Settings
 
 PROMPT = "A lighthouse at dusk, oil painting"
@@ -216,6 +217,25 @@ async def test_a_slow_first_request_makes_a_repeat_wait_then_409(api: Api, keyed
     repeat = await api.generate({"prompt": PROMPT}, headers=key)
     assert repeat.status == 409 and repeat.json()["code"] == "in_progress"
     assert (await first).status == 201
+
+
+async def test_a_repeat_waits_for_a_running_first_request_only_within_its_deadline(
+    api: Api, keyed_env: OpenAIServer, azurite: Azurite, monkeypatch
+):
+    monkeypatch.setenv("VISIONARY_REQUEST_DEADLINE_SECONDS", "3")
+    monkeypatch.setenv("VISIONARY_STORAGE_TIMEOUT_SECONDS", "0.5")
+    # The first request's claim, still fresh: its instance died a moment ago.
+    claim = {"fingerprint": fingerprint(PROMPT, "1024x1024"), "state": "running",
+             "since": datetime.now(timezone.utc).isoformat()}
+    async with system_container(azurite, os.environ["VISIONARY_SYSTEM_CONTAINER"]) as system:
+        await system.create_container()
+        await system.upload_blob(f"idempotency/{hashlib.sha256(b'orphaned').hexdigest()}.json", json.dumps(claim))
+    started = time.monotonic()
+    repeat = await api.generate({"prompt": PROMPT}, headers={"Idempotency-Key": "orphaned"})
+    elapsed = time.monotonic() - started
+    assert (repeat.status, repeat.json()["code"]) == (409, "in_progress")
+    assert 1.5 < elapsed < 3, elapsed  # it waited, but answered within its 3 s, not after the ledger's 30
+    assert keyed_env.model_calls() == []
 
 
 async def test_a_marker_edited_by_hand_is_replaced_not_a_500(api: Api, keyed_env: OpenAIServer, azurite: Azurite):

@@ -123,7 +123,11 @@ async def generate_image(
     if idempotency_key is None:
         record = await draw_and_store()
     else:
-        record = await guards.ledger.once(idempotency_key, fingerprint(request.prompt, request.size), draw_and_store)
+        # A repeat waiting on a running first request stops in time for its last look at the marker.
+        wait_until = deadline.at - reserve if deadline else None
+        record = await guards.ledger.once(
+            idempotency_key, fingerprint(request.prompt, request.size), draw_and_store, wait_until
+        )
     stored = StoredImage.from_record(record)
     note(blob=stored.name.blob)
     return CreatedImage(stored, sas)

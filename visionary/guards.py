@@ -198,10 +198,18 @@ class IdempotencyLedger:
         self.stale_after = stale_after
         self.poll_seconds = poll_seconds
 
-    async def once(self, key: str, fingerprint: str, work: Callable[[], Awaitable[dict]]) -> dict:
-        """The answer of `work` for this key: done now, or recorded by an earlier request."""
+    async def once(
+        self, key: str, fingerprint: str, work: Callable[[], Awaitable[dict]], wait_until: float | None = None
+    ) -> dict:
+        """The answer of `work` for this key: done now, or recorded by an earlier request.
+
+        A repeat waits for a running first request `wait_seconds` at most, and no later
+        than `wait_until` (on the monotonic clock): its own request's deadline.
+        """
         blob = self.container.get_blob_client(f"idempotency/{hashlib.sha256(key.encode()).hexdigest()}.json")
         deadline = time.monotonic() + self.wait_seconds
+        if wait_until is not None:
+            deadline = min(deadline, wait_until)
         while True:
             async with asyncio.timeout(self.timeout):
                 record = await read_record(self.container, blob, _is_marker)

@@ -146,11 +146,6 @@ class Settings:
                 "VISIONARY_REQUEST_DEADLINE_SECONDS", DEFAULT_REQUEST_DEADLINE_SECONDS, 1, 3600
             ),
         )
-        if settings.storage and settings.request_deadline_seconds <= 3 * settings.storage.timeout_seconds:
-            # It keeps up to three storage timeouts for the steps after the model: none would be left.
-            env.problems.append(
-                "VISIONARY_REQUEST_DEADLINE_SECONDS must be more than three times VISIONARY_STORAGE_TIMEOUT_SECONDS."
-            )
         return _with_problems(settings, env.problems)
 
     def require_models(self) -> ModelSettings:
@@ -166,6 +161,17 @@ class Settings:
         if models.provider == "azure" and not models.azure_endpoint:
             raise ApiError.not_configured("VISIONARY_PROVIDER is azure: set AZURE_OPENAI_ENDPOINT.")
         return models
+
+    def require_request_deadline(self) -> float:
+        """generateImage's deadline in seconds. It keeps up to three storage timeouts for the
+        steps after the model, so it must be longer; only generateImage needs it to be."""
+        storage_timeout = self.storage.timeout_seconds if self.storage else DEFAULT_STORAGE_TIMEOUT_SECONDS
+        if self.request_deadline_seconds <= 3 * storage_timeout:
+            raise ApiError.not_configured(
+                "VISIONARY_REQUEST_DEADLINE_SECONDS must be more than three times VISIONARY_STORAGE_TIMEOUT_SECONDS: "
+                "it keeps that long for the storage steps after the model."
+            )
+        return self.request_deadline_seconds
 
     def require_storage(self) -> StorageSettings:
         self.raise_problems()
