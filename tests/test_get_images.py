@@ -135,7 +135,10 @@ async def test_without_storage_settings_both_endpoints_say_what_to_set(api: Api)
         ({"VISIONARY_STORAGE_ACCOUNT_URL": "https://acct.blob.core.windows.net/?sv=2022-11-02&sp=rwdlac&sig=S3CRET"},
          "without a query"),
         # A custom domain: the storage SDK cannot tell the account's name, which signs the links.
-        ({"VISIONARY_STORAGE_ACCOUNT_URL": "https://pictures.example.com"}, "must name the account"),
+        ({"VISIONARY_STORAGE_ACCOUNT_URL": "https://pictures.example.com"}, "must be the account's own"),
+        # A private-link host: the SDK would read "acct.privatelink" as the account, and sign with it.
+        ({"VISIONARY_STORAGE_ACCOUNT_URL": "https://acct.privatelink.blob.core.windows.net"},
+         "must be the account's own"),
     ],
 )
 async def test_a_storage_setting_that_can_never_work_is_named_not_retried(api: Api, monkeypatch, settings, named):

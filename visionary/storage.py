@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -39,6 +40,7 @@ CACHE_CONTROL = "public, max-age=31536000, immutable"
 # When to look for the blob of an upload that failed on a timeout (seconds between looks).
 CLEANUP_PAUSES = (1, 2, 4, 8, 15, 30, 60, 120)
 MAX_CLASH_RETRIES = 50
+ACCOUNT_NAME = re.compile(r"[a-z0-9]{3,24}")  # what Azure allows; Azurite's devstoreaccount1 too
 # Azure caps all metadata of a blob at 8 KiB; keep a margin for names and framing.
 METADATA_BUDGET = 8000
 
@@ -118,15 +120,17 @@ class Gallery:
                 "The storage connection string has no account key to sign read links with: use one with "
                 "AccountKey, or VISIONARY_STORAGE_ACCOUNT_URL with a managed identity."
             )
-        if service.account_name is None:
-            # A key comes with its account's name; an account URL on another domain does not name it.
+        account_name = service.account_name
+        if account_name is None or (key is None and not ACCOUNT_NAME.fullmatch(account_name)):
+            # A key comes with its account's name. An account URL names it only as the account's
+            # own endpoint: a custom domain names none, and a private-link host a wrong one.
             raise ApiError.not_configured(
-                "The storage account URL (VISIONARY_STORAGE_ACCOUNT_URL or "
-                "AzureWebJobsStorage__blobServiceUri) must name the account, as "
-                "https://{account}.blob.core.windows.net does: read links are signed with its name."
+                "The storage account URL (VISIONARY_STORAGE_ACCOUNT_URL or AzureWebJobsStorage__blobServiceUri) "
+                "must be the account's own, https://{account}.blob.core.windows.net, as read links are signed "
+                "with its name; behind a private endpoint, private DNS resolves that name to it."
             )
         policy = SasPolicy(
-            account_name=service.account_name,
+            account_name=account_name,
             container=settings.container,
             container_url=_bare_url(container.url),
             ttl=timedelta(minutes=settings.sas_ttl_minutes),
