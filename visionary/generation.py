@@ -103,8 +103,8 @@ async def generate_image(
     With a deadline, the answer comes before it, whatever the model and storage do.
     """
     note(prompt=request.prompt)
-    # What may follow the model, each within one storage timeout: the upload, the ledger's
-    # record of the answer (or the freeing of its key), the cap's return of a failed slot.
+    # Of the storage steps that may follow the model (settings.MAX_STORAGE_STEPS_AFTER_MODEL),
+    # the ones this request takes: the upload, and one for each guard it meets.
     steps_after = 1 + (idempotency_key is not None) + (guards.cap is not None)
     reserve = (gallery.timeout or 0.0) * steps_after
     # The link is signed first: a delegation key storage refuses must fail the request before

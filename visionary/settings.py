@@ -34,6 +34,9 @@ DEFAULT_MODEL_TIMEOUT_SECONDS = 180.0  # a real image model can take a minute or
 DEFAULT_MODEL_DEADLINE_SECONDS = 220.0
 # generateImage as a whole: its storage steps as well as the model, inside the same 230 s.
 DEFAULT_REQUEST_DEADLINE_SECONDS = 225.0
+# What may follow the model, each within one storage timeout: the upload, the ledger's
+# record of the answer (or the freeing of its key), the cap's return of a failed slot.
+MAX_STORAGE_STEPS_AFTER_MODEL = 3
 DEFAULT_AZURE_API_VERSION = "2025-04-01-preview"
 
 STORAGE_SETTINGS = (
@@ -163,10 +166,10 @@ class Settings:
         return models
 
     def require_request_deadline(self) -> float:
-        """generateImage's deadline in seconds. It keeps up to three storage timeouts for the
-        steps after the model, so it must be longer; only generateImage needs it to be."""
+        """generateImage's deadline in seconds. It keeps up to MAX_STORAGE_STEPS_AFTER_MODEL storage
+        timeouts for the steps after the model, so it must be longer; only generateImage needs it to be."""
         storage_timeout = self.storage.timeout_seconds if self.storage else DEFAULT_STORAGE_TIMEOUT_SECONDS
-        if self.request_deadline_seconds <= 3 * storage_timeout:
+        if self.request_deadline_seconds <= MAX_STORAGE_STEPS_AFTER_MODEL * storage_timeout:
             raise ApiError.not_configured(
                 "VISIONARY_REQUEST_DEADLINE_SECONDS must be more than three times VISIONARY_STORAGE_TIMEOUT_SECONDS: "
                 "it keeps that long for the storage steps after the model."
