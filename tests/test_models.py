@@ -82,6 +82,7 @@ async def test_a_model_that_answers_too_late_is_still_a_timeout(api: Api, openai
         ("null", "application/json"),
         ("[]", "application/json"),
         ('{"data": "x", "choices": "x"}', "application/json"),
+        ('{"data": {}, "choices": {}}', "application/json"),
         ('{"data": [12], "choices": [12]}', "application/json"),
         ('{"data": [{"b64_json": 12}], "choices": [{"message": {"content": 12}}]}', "application/json"),
     ],

@@ -17,6 +17,7 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from visionary.allocator import keep_freed_pages
 from visionary.guards import DailyCap, Guards, IdempotencyLedger
 from visionary.settings import Settings
 from visionary.storage import Gallery
@@ -57,6 +58,7 @@ class Clients:
     @cached_property
     def images(self) -> ImageProvider:
         models = self.settings.require_models()
+        keep_freed_pages()  # pictures of megabytes pass through this process from now on
         if models.provider == "offline":
             from visionary.offline import OfflineImages
 

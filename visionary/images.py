@@ -11,11 +11,13 @@ image of a type we store before anyone stores them.
 from __future__ import annotations
 
 import binascii
+import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 import pybase64
+import pydantic_core
 
 from visionary.errors import ApiError
 from visionary.models import MALFORMED_ANSWER, call_model
@@ -23,7 +25,6 @@ from visionary.text import without_forbidden
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
-    from openai.types import ImagesResponse
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 DOWNLOAD_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
@@ -78,8 +79,11 @@ class ModelImages:
         return await call_model(lambda: self._draw(prompt, size), self._deadline)
 
     async def _draw(self, prompt: str, size: str) -> GeneratedImage:
-        response = await self._client.images.generate(model=self._model, prompt=prompt, size=size, n=1)
-        b64_json, url, revised_prompt = _first_picture(response)
+        # The SDK asks (its retries, sign-in and errors); the answer's bytes are parsed here.
+        answer = await self._client.images.with_raw_response.generate(
+            model=self._model, prompt=prompt, size=size, n=1
+        )
+        b64_json, url, revised_prompt = _first_picture(parse_json(answer.content))
         if b64_json:
             data = decode_base64(b64_json)
         elif url:
@@ -89,11 +93,24 @@ class ModelImages:
         return checked(data, self._model, revised_prompt)
 
 
-def _first_picture(response: ImagesResponse) -> tuple[str | None, str | None, str | None]:
-    """The first picture's base64, link and revised prompt, each None unless it is text."""
+def parse_json(body: bytes) -> Any:
+    """A model's JSON answer, parsed by pydantic-core (the SDK's own models stand on it).
+
+    The SDK parses with `json.loads`: 2 ms of a 2 MB answer, on the event loop, where
+    pydantic-core takes 0.25 ms. It refuses lone surrogates, which JSON allows and
+    `json.loads` keeps (model text is cleaned of them later); only such answers take it.
+    """
     try:
-        image = (response.data or [])[0]  # None: no pictures, as an empty list
-        fields = (image.b64_json, image.url, image.revised_prompt)
+        return pydantic_core.from_json(body)
+    except ValueError:
+        return json.loads(body)  # not JSON at all: a ValueError, the model's error
+
+
+def _first_picture(answer: Any) -> tuple[str | None, str | None, str | None]:
+    """The first picture's base64, link and revised prompt, each None unless it is text."""
+    try:  # the answer may be any JSON at all
+        image = (answer["data"] or [])[0]  # null: no pictures, as an empty list
+        fields = (image.get("b64_json"), image.get("url"), image.get("revised_prompt"))
     except MALFORMED_ANSWER:
         return None, None, None
     b64_json, url, revised_prompt = (value if isinstance(value, str) and value else None for value in fields)
