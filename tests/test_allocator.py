@@ -62,3 +62,8 @@ def test_the_app_keeps_them_once_it_has_drawn():
 def test_an_operators_own_malloc_tuning_wins():
     assert keep_freed_pages({"MALLOC_ARENA_MAX": "2"}) is False
     assert keep_freed_pages({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1048576"}) is False
+
+
+def test_a_python_without_ctypes_draws_untuned(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ctypes", None)  # `import ctypes` now raises ImportError
+    assert keep_freed_pages({}) is False

@@ -33,9 +33,12 @@ def keep_freed_pages(environ: Mapping[str, str] = os.environ) -> bool:
             return False
     except (AttributeError, ValueError, OSError):  # not a glibc system (musl, macOS, Windows)
         return False
-    import ctypes  # 3 ms to import: once, at the first generation, not when the app starts
+    try:  # an optimisation: whatever stops it must not stop a generation
+        import ctypes  # 3 ms to import: once, at the first generation, not when the app starts
 
-    libc = ctypes.CDLL(None)
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
-        libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
-    )
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
+            libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+        )
+    except (ImportError, OSError, AttributeError):  # no ctypes in this Python, or no mallopt
+        return False

@@ -138,8 +138,8 @@ async def call_model(
             "The app could not sign in to Azure OpenAI with its managed identity; "
             "check the identity and its Cognitive Services OpenAI User role, or set AZURE_OPENAI_API_KEY."
         ) from None
-    except (openai.APIConnectionError, openai.APIResponseValidationError, ValueError) as error:
-        # ValueError: an answer that is not JSON at all.
+    except (openai.APIConnectionError, openai.APIResponseValidationError, ValueError, RecursionError) as error:
+        # ValueError: an answer that is not JSON at all; RecursionError: JSON nested too deep to read.
         log.warning("model call failed: %s", type(error).__name__)
         raise ApiError.upstream_error() from None
 
