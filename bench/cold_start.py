@@ -19,7 +19,7 @@ from common import ROOT, Azurite, Figure, app_env, free_port, ms, report, run
 RUNS = 10
 OURS = "import function_app"
 BASELINE = "import azure.functions, azure.storage.blob.aio, aiohttp"
-LAZY = ("openai", "PIL", "azure.identity", "httpx", "httpx2", "pybase64")
+LAZY = ("openai", "PIL", "azure.identity", "httpx", "httpx2", "pybase64", "pydantic_core", "ctypes")
 FIRST_PAGE = """
 import asyncio, json, sys, time
 started = time.perf_counter()

@@ -36,3 +36,13 @@ async def test_malformed_settings_are_reported_at_first_use(api, storage_env, mo
         "error": "VISIONARY_PAGE_SIZE must be a whole number from 1 to 500, not 'many'.",
         "code": "not_configured",
     }
+
+
+def test_the_app_starts_without_its_model_code():
+    # Cold start: these load at the first generation or suggestion, never at import.
+    model_code = ("openai", "PIL", "azure.identity", "httpx", "httpx2", "pybase64", "pydantic_core", "ctypes")
+    result = subprocess.run(
+        [sys.executable, "-c", f"import sys, function_app; print([m for m in {model_code!r} if m in sys.modules])"],
+        env=ROOT_ENV, capture_output=True, text=True, check=True,
+    )
+    assert result.stdout.strip() == "[]"
