@@ -169,7 +169,7 @@ class OpenAIServer:
         return azure
 
     async def _images(self, request: web.Request) -> web.StreamResponse:
-        await self._record(request)
+        call = await self._record(request)
         b = self.behaviour
         if b.error == "slow" or b.delay:
             await asyncio.sleep(b.delay or 10)  # longer than any test's timeout
@@ -192,11 +192,21 @@ class OpenAIServer:
             item["b64_json"] = encoded[: len(encoded) // 2] if b.error == "truncated_b64" else encoded
         if b.revised_prompt:
             item["revised_prompt"] = b.revised_prompt
-        answer = {
-            "created": int(time.time()),
-            "data": [item],
-            "usage": {"input_tokens": 12, "output_tokens": 4160, "total_tokens": 4172},
-        }
+        answer: dict = {"created": int(time.time()), "data": [item]}
+        if "b64_json" in item:  # a GPT Image model's answer: its settings and its usage
+            answer |= {
+                "background": "opaque",
+                "output_format": "png",
+                "quality": "medium",
+                "size": (call.body or {}).get("size", "1024x1024"),
+                "usage": {
+                    "input_tokens": 12,
+                    "input_tokens_details": {"image_tokens": 0, "text_tokens": 12},
+                    "output_tokens": 1056,
+                    "output_tokens_details": {"image_tokens": 1056, "text_tokens": 0},
+                    "total_tokens": 1068,
+                },
+            }
         return web.Response(body=_json_bytes(answer), content_type="application/json")
 
     def _base64(self, image: bytes) -> bytes:
