@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO
 
 from tests.azurite import ROOT, stop_process, wait_until_listening
@@ -16,6 +17,9 @@ from tests.azurite import ROOT, stop_process, wait_until_listening
 APP_SETTINGS = ("VISIONARY_", "OPENAI_", "AZURE_OPENAI_", "accountName", "accountKey", "AzureWebJobsStorage", "AZURE_CLIENT_ID")
 # The environment of an app process: this machine's, less every app setting.
 ROOT_ENV = {name: value for name, value in os.environ.items() if not name.startswith(APP_SETTINGS)}
+# What app processes read in place of local.settings.json, which `make run` creates in the
+# project and a developer fills: a test's settings are its environment, and nothing else.
+NO_LOCAL_SETTINGS = ("--settings", str(Path(__file__).with_name("local.settings.empty.json")))
 
 
 @dataclass
@@ -28,7 +32,7 @@ class ServedApp:
     def start(cls, port: int, env: dict[str, str]) -> ServedApp:
         output = tempfile.TemporaryFile("w+")
         process = subprocess.Popen(
-            [sys.executable, "-m", "visionary", "serve", "--port", str(port)],
+            [sys.executable, "-m", "visionary", "serve", "--port", str(port), *NO_LOCAL_SETTINGS],
             cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT, text=True,
         )
         wait_until_listening(process, port)

@@ -1,13 +1,16 @@
 import asyncio
 import gzip
 import json
+import signal
+import subprocess
+import sys
 from urllib.parse import urlsplit
 
 import azure.functions as func
 import httpx
 import pytest
 
-from tests.azurite import Azurite, free_port
+from tests.azurite import ROOT, Azurite, free_port, stop_process, wait_until_listening
 from tests.conftest import start_local_host
 from tests.served import ROOT_ENV, ServedApp
 from visionary.localhost import HostConfig, HostConfigError, routes_of
@@ -161,14 +164,52 @@ def test_host_json_and_local_settings_are_read(tmp_path, monkeypatch):
     (tmp_path / "local.settings.json").write_text(json.dumps({
         "IsEncrypted": False,
         "Values": {"VISIONARY_CONTAINER": "from-file", "VISIONARY_PAGE_SIZE": "7", "OPENAI_API_KEY": ""},
-        "Host": {"CORS": "https://a.example, https://b.example"},
+        "Host": {"CORS": "https://a.example, https://b.example", "LocalHttpPort": "7080"},
     }))
     config = HostConfig.load(tmp_path)
-    assert config.route_prefix == "v2"
+    assert (config.route_prefix, config.port) == ("v2", 7080)
     assert config.cors == ("https://a.example", "https://b.example")
     environ = {"VISIONARY_PAGE_SIZE": "9"}
     config.apply_values(environ)
     assert environ == {"VISIONARY_PAGE_SIZE": "9", "VISIONARY_CONTAINER": "from-file"}  # the environment wins
+
+
+def test_the_settings_file_can_name_the_port_and_be_another_file(tmp_path, azurite: Azurite):
+    port = free_port()
+    settings = tmp_path / "staging.settings.json"
+    settings.write_text(json.dumps({
+        "Values": {"VISIONARY_STORAGE_CONNECTION_STRING": azurite.connection_string, "VISIONARY_PROVIDER": "offline"},
+        "Host": {"LocalHttpPort": port},
+    }))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "visionary", "serve", "--settings", str(settings)],
+        cwd=ROOT, env=ROOT_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until_listening(process, port)
+        assert httpx.get(f"http://127.0.0.1:{port}/api/getImages").status_code == 200
+    finally:
+        stop_process(process, signal.SIGINT)
+
+
+@pytest.mark.parametrize(
+    ("port", "said"),
+    [("many", "must be a port number"), (0, "must be a port number"), (True, "must be a port number")],
+)
+def test_a_local_http_port_that_is_no_port_is_named(tmp_path, port, said: str):
+    (tmp_path / "local.settings.json").write_text(json.dumps({"Host": {"LocalHttpPort": port}}))
+    with pytest.raises(HostConfigError) as error:
+        HostConfig.load(tmp_path)
+    assert said in str(error.value)
+
+
+def test_a_settings_file_named_on_the_command_line_must_exist(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "visionary", "serve", "--settings", str(tmp_path / "typo.json")],
+        cwd=ROOT, env=ROOT_ENV, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 1
+    assert f"The settings file {tmp_path / 'typo.json'} does not exist." in result.stderr
 
 
 def test_a_fifth_trigger_appears_by_itself():

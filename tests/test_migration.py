@@ -15,6 +15,7 @@ from PIL import Image
 
 from tests.azurite import KEY, ROOT, Azurite
 from tests.conftest import ROOT_ENV, png_bytes
+from tests.served import NO_LOCAL_SETTINGS
 from visionary import naming
 from visionary.migration import Action, Outcome, Report, _delete_source, describe, migrate
 from visionary.storage import MAX_CLASH_RETRIES, Gallery, encode_metadata
@@ -333,7 +334,7 @@ def run_cli(connection_string: str, container: ContainerClient, *args: str) -> s
         "VISIONARY_CONTAINER": container.container_name,
     }
     return subprocess.run(
-        [sys.executable, "-m", "visionary", "migrate", *args],
+        [sys.executable, "-m", "visionary", "migrate", *args, *NO_LOCAL_SETTINGS],
         cwd=ROOT, env=env, capture_output=True, text=True, encoding="utf-8", timeout=120, check=False,
     )
 

@@ -1,8 +1,10 @@
 """`python -m visionary`: the local host, the development stack, and maintenance commands.
 
     python -m visionary serve [--host H] [--port P]   the local host alone
-    python -m visionary run                           Azurite (data in .azurite/) and the local host
+    python -m visionary run [--host H] [--port P]     Azurite (data in .azurite/) and the local host
     python -m visionary migrate [--dry-run]           move the Node version's blobs into the naming scheme
+
+Each reads local.settings.json as `func start` does, or the file named by --settings FILE.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from visionary.localhost import ROOT, HostConfigError
+from visionary.localhost import ROOT, HostConfig, HostConfigError
 
 if TYPE_CHECKING:
     from visionary.migration import Report
@@ -33,17 +36,21 @@ def main(argv: list[str] | None = None) -> int:
     run = commands.add_parser("run", help="start Azurite and the local host together (make run)")
     for command in (serve, run):
         command.add_argument("--host", default="127.0.0.1")
-        command.add_argument("--port", type=_port, default=7071)
+        command.add_argument("--port", type=_port, help="default: Host.LocalHttpPort in the settings file, or 7071")
     migration = commands.add_parser("migrate", help="move the Node version's blobs into the naming scheme")
     migration.add_argument("--dry-run", action="store_true", help="list what would move, and change nothing")
+    for command in (serve, run, migration):
+        command.add_argument("--settings", type=Path, help="a settings file in place of local.settings.json")
     args = parser.parse_args(argv)
     try:
+        config = HostConfig.load(settings=args.settings)
         if args.command == "migrate":  # its report and no log lines: the storage SDK logs requests at INFO
-            return migrate(args.dry_run)
+            return migrate(config, args.dry_run)
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        port = args.port or config.port
         if args.command == "serve":
-            return serve_app(args.host, args.port)
-        return run_stack(args.host, args.port)
+            return serve_app(config, args.host, port)
+        return run_stack(config, args.host, port)
     except HostConfigError as error:
         print(error, file=sys.stderr)
         return 1
@@ -55,16 +62,15 @@ def _port(text: str) -> int:
     return int(text)
 
 
-def serve_app(host: str, port: int) -> int:
+def serve_app(config: HostConfig, host: str, port: int) -> int:
     from aiohttp import web
 
-    from visionary.localhost import HostConfig, LocalHost
+    from visionary.localhost import LocalHost
     from visionary.settings import Settings
 
     if taken := _taken(host, port):
         print(taken, file=sys.stderr)
         return 1
-    config = HostConfig.load()
     config.apply_values()
     settings = Settings.from_env()
     for problem in settings.problems:  # requests that need the setting answer 503 not_configured
@@ -89,7 +95,7 @@ def serve_app(host: str, port: int) -> int:
     return 0
 
 
-def run_stack(host: str, port: int) -> int:
+def run_stack(config: HostConfig, host: str, port: int) -> int:
     """Azurite with its data under .azurite/ (the gallery survives a restart), then the host."""
     if _taken("127.0.0.1", AZURITE_PORT):
         print(f"Port {AZURITE_PORT}, Azurite's, is already in use. If an Azurite is running there, serve the app "
@@ -110,7 +116,7 @@ def run_stack(host: str, port: int) -> int:
             return 1
         print(f"Azurite on http://127.0.0.1:{AZURITE_PORT} (data in .azurite/)", flush=True)
         os.environ.setdefault("AzureWebJobsStorage", "UseDevelopmentStorage=true")
-        return serve_app(host, port)
+        return serve_app(config, host, port)
     except KeyboardInterrupt:
         return 0
     finally:
@@ -121,18 +127,17 @@ def run_stack(host: str, port: int) -> int:
             azurite.kill()
 
 
-def migrate(dry_run: bool) -> int:
+def migrate(config: HostConfig, dry_run: bool) -> int:
     """Print one line a blob as it goes, then the counts; 1 when anything conflicted or failed."""
     import asyncio
 
     from azure.core.exceptions import AzureError
 
     from visionary.errors import ApiError
-    from visionary.localhost import HostConfig
     from visionary.migration import describe
     from visionary.settings import Settings
 
-    HostConfig.load().apply_values()
+    config.apply_values()
     if isinstance(sys.stdout, io.TextIOWrapper):  # a stream put in its place may have no reconfigure()
         sys.stdout.reconfigure(errors="backslashreplace")  # a prompt's emoji on a console that cannot show it
     try:

@@ -32,6 +32,7 @@ from visionary.errors import ApiError
 log = logging.getLogger("visionary.localhost")
 
 ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PORT = 7071  # the Functions host's
 MAX_BODY_BYTES = 4 * 1024 * 1024
 # aiohttp refuses request lines and header values over 8 KB itself, in plain text, before
 # any handler runs; these limits let the app answer long cursors and keys with its JSON errors.
@@ -47,22 +48,34 @@ class HostConfig:
     route_prefix: str = "api"
     cors: tuple[str, ...] = ("*",)
     values: Mapping[str, str] = field(default_factory=dict)
+    port: int = DEFAULT_PORT  # Host.LocalHttpPort; --port wins
 
     @classmethod
-    def load(cls, root: Path = ROOT) -> HostConfig:
-        """host.json and local.settings.json, as `func start` reads them; HostConfigError names what is wrong."""
+    def load(cls, root: Path = ROOT, settings: Path | None = None) -> HostConfig:
+        """host.json and local.settings.json, as `func start` reads them; HostConfigError names what is wrong.
+
+        `settings` is another settings file in place of the project's local.settings.json;
+        unlike that one, it must exist.
+        """
         host = _read_json(root / "host.json")
-        local = _read_json(root / "local.settings.json")
+        if settings is not None and not settings.is_file():
+            raise HostConfigError(f"The settings file {settings} does not exist.")
+        local = _read_json(settings or root / "local.settings.json")
         try:
-            prefix = host.get("extensions", {}).get("http", {}).get("routePrefix", "api")
-            cors = local.get("Host", {}).get("CORS", "*")
+            prefix = host.get("extensions", {}).get("http", {}).get("routePrefix", "api").strip("/")
+            cors = tuple(o.strip() for o in local.get("Host", {}).get("CORS", "*").split(",") if o.strip())
+            port = local.get("Host", {}).get("LocalHttpPort", DEFAULT_PORT)
             values = {k: str(v) for k, v in local.get("Values", {}).items() if v not in (None, "")}
-            return cls(prefix.strip("/"), tuple(o.strip() for o in cors.split(",") if o.strip()), values)
         except AttributeError:  # a list or a number where the host wants an object or a string
             raise HostConfigError(
                 'host.json or local.settings.json does not have the shape the Functions host reads: '
                 '"Values" and "Host" are objects, "Host.CORS" and "routePrefix" are strings.'
             ) from None
+        if isinstance(port, str) and port.strip().isdigit():  # as the Functions host reads it too
+            port = int(port)
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise HostConfigError('"Host.LocalHttpPort" in local.settings.json must be a port number (1 to 65535).')
+        return cls(prefix, cors, values, port)
 
     def apply_values(self, environ: MutableMapping[str, str] = os.environ) -> None:
         """local.settings.json `Values` become settings; the environment wins."""
