@@ -19,7 +19,7 @@ app = func.FunctionApp(http_auth_level=auth_level())
 @endpoint
 async def generateImage(req: func.HttpRequest) -> func.HttpResponse:
     current = clients.current()
-    settings = current.settings
+    settings = current.settings.require("generation")
     deadline = Deadline.after(settings.require_request_deadline())
     request = ImageRequest.from_body(
         json_body(req, settings.max_body_bytes), settings.max_prompt_chars, settings.require_models()
@@ -33,7 +33,7 @@ async def generateImage(req: func.HttpRequest) -> func.HttpResponse:
 @endpoint
 async def getImages(req: func.HttpRequest) -> func.HttpResponse:
     current = clients.current()
-    limit, cursor = page_params(req.params, current.settings.page_size)
+    limit, cursor = page_params(req.params, current.settings.require("gallery").page_size)
     page = await current.gallery.page(limit, cursor)
     return json_response(page.to_json())
 

@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT_ENV, registered_functions
 
 
@@ -46,3 +48,33 @@ def test_the_app_starts_without_its_model_code():
         env=ROOT_ENV, capture_output=True, text=True, check=True,
     )
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "broken"),
+    [
+        ("VISIONARY_PROVIDER", "opneai", {"getChatGPTSuggestion", "generateImage"}),
+        ("VISIONARY_MODEL_TIMEOUT_SECONDS", "soon", {"getChatGPTSuggestion", "generateImage"}),
+        ("VISIONARY_CONTAINER", "Bad_Name", {"getImages", "sasToken", "generateImage"}),
+        ("VISIONARY_SAS_TTL_MINUTES", "-3", {"getImages", "sasToken", "generateImage"}),
+        ("VISIONARY_PAGE_SIZE", "0", {"getImages"}),
+        ("VISIONARY_MAX_IMAGES_PER_DAY", "some", {"generateImage"}),
+        ("VISIONARY_MAX_PROMPT_CHARS", "0", {"generateImage"}),
+    ],
+)
+async def test_a_malformed_setting_stops_only_the_endpoints_that_need_it(
+    api, offline_env, monkeypatch, setting: str, value: str, broken: set[str]
+):
+    monkeypatch.setenv(setting, value)
+    answers = {
+        "getImages": await api.get_images(),
+        "sasToken": await api.call("sasToken"),
+        "getChatGPTSuggestion": await api.suggest(),
+        "generateImage": await api.generate({"prompt": "A lighthouse at dusk"}),
+    }
+    for endpoint, answer in answers.items():
+        if endpoint in broken:
+            assert (answer.status, answer.json()["code"]) == (503, "not_configured"), endpoint
+            assert setting in answer.json()["error"], endpoint
+        else:
+            assert answer.status in (200, 201), (endpoint, answer.body)

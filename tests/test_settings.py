@@ -50,7 +50,7 @@ def test_the_request_deadline_is_a_setting_under_azures_limit():
     assert Settings.from_env({}).request_deadline_seconds < 230
     assert Settings.from_env({"VISIONARY_REQUEST_DEADLINE_SECONDS": "600"}).request_deadline_seconds == 600
     wrong = Settings.from_env({"VISIONARY_REQUEST_DEADLINE_SECONDS": "0"})
-    assert any("VISIONARY_REQUEST_DEADLINE_SECONDS" in problem for problem in wrong.problems)
+    assert any("VISIONARY_REQUEST_DEADLINE_SECONDS" in problem.text for problem in wrong.problems)
     # Up to three storage timeouts are kept for the steps after the model: generateImage
     # names a deadline without room for them; the other endpoints, which keep none, work on.
     slow_storage = Settings.from_env({"AzureWebJobsStorage": AZURITE, "VISIONARY_STORAGE_TIMEOUT_SECONDS": "100"})

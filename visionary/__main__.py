@@ -74,7 +74,7 @@ def serve_app(config: HostConfig, host: str, port: int) -> int:
     config.apply_values()
     settings = Settings.from_env()
     for problem in settings.problems:  # requests that need the setting answer 503 not_configured
-        print(f"  Setting to fix: {problem}", file=sys.stderr, flush=True)
+        print(f"  Setting to fix: {problem.text}", file=sys.stderr, flush=True)
     # Offline only when no model service is named at all: a mistyped VISIONARY_PROVIDER is
     # reported (above, and by every request that needs it), not quietly replaced.
     if settings.models.provider is None and not os.environ.get("VISIONARY_PROVIDER", "").strip():

@@ -2,7 +2,8 @@
 
 Reading never fails: a missing or malformed setting becomes a `not_configured`
 error (naming the setting) only when something needs it, so importing
-`function_app.py` always succeeds and the host always lists its functions.
+`function_app.py` always succeeds and the host always lists its functions, and a
+mistyped model setting does not take the gallery down with it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TypedDict, overload
+from typing import Literal, TypedDict, overload
 
 from visionary import identity
 from visionary.errors import ApiError
@@ -117,6 +118,19 @@ class ModelSettings:
         return self.suggestion_model
 
 
+# What needs a setting: storage (every endpoint but suggestions), models (suggestions and
+# generateImage), gallery pages (getImages), generation's own limits (generateImage).
+Concern = Literal["storage", "models", "gallery", "generation"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A malformed setting, and what needs it: only requests that need it fail on it."""
+
+    concern: Concern
+    text: str
+
+
 @dataclass(frozen=True)
 class Settings:
     storage: StorageSettings | None
@@ -125,7 +139,7 @@ class Settings:
     max_prompt_chars: int = DEFAULT_MAX_PROMPT_CHARS
     max_images_per_day: int | None = None  # None: no cap
     request_deadline_seconds: float = DEFAULT_REQUEST_DEADLINE_SECONDS  # generateImage, all steps
-    problems: tuple[str, ...] = ()  # malformed settings, reported at first use
+    problems: tuple[Problem, ...] = ()  # malformed settings, reported when something needs them
 
     @property
     def max_body_bytes(self) -> int:
@@ -138,22 +152,29 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        env = _Reader(os.environ if environ is None else environ)
-        settings = cls(
-            storage=_storage(env),
-            models=_models(env),
-            page_size=env.integer("VISIONARY_PAGE_SIZE", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE),
-            max_prompt_chars=env.integer("VISIONARY_MAX_PROMPT_CHARS", DEFAULT_MAX_PROMPT_CHARS, 1, 32_000),
-            max_images_per_day=env.optional_integer("VISIONARY_MAX_IMAGES_PER_DAY", 0, 10**9),
-            request_deadline_seconds=env.number(
+        environ = os.environ if environ is None else environ
+        storage, models = _Reader(environ, "storage"), _Reader(environ, "models")
+        gallery, generation = _Reader(environ, "gallery"), _Reader(environ, "generation")
+        return cls(
+            storage=_storage(storage),
+            models=_models(models),
+            page_size=gallery.integer("VISIONARY_PAGE_SIZE", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE),
+            max_prompt_chars=generation.integer("VISIONARY_MAX_PROMPT_CHARS", DEFAULT_MAX_PROMPT_CHARS, 1, 32_000),
+            max_images_per_day=generation.optional_integer("VISIONARY_MAX_IMAGES_PER_DAY", 0, 10**9),
+            request_deadline_seconds=generation.number(
                 "VISIONARY_REQUEST_DEADLINE_SECONDS", DEFAULT_REQUEST_DEADLINE_SECONDS, 1, 3600
             ),
+            problems=(*storage.problems, *models.problems, *gallery.problems, *generation.problems),
         )
-        return _with_problems(settings, env.problems)
+
+    def require(self, *concerns: Concern) -> Settings:
+        """These settings, when those `concerns` need are well formed; else 503 not_configured naming them."""
+        if wrong := [problem.text for problem in self.problems if problem.concern in concerns]:
+            raise ApiError.not_configured(" ".join(wrong))
+        return self
 
     def require_models(self) -> ModelSettings:
-        self.raise_problems()
-        models = self.models
+        models = self.require("models").models
         if models.provider is None:
             raise ApiError.not_configured(
                 "No model service is configured: set OPENAI_API_KEY (OpenAI, or OPENAI_BASE_URL for a "
@@ -177,16 +198,12 @@ class Settings:
         return self.request_deadline_seconds
 
     def require_storage(self) -> StorageSettings:
-        self.raise_problems()
-        if self.storage is None:
+        storage = self.require("storage").storage
+        if storage is None:
             raise ApiError.not_configured(
                 "Storage is not configured: set " + ", or ".join(STORAGE_SETTINGS) + "."
             )
-        return self.storage
-
-    def raise_problems(self) -> None:
-        if self.problems:
-            raise ApiError.not_configured(" ".join(self.problems))
+        return storage
 
 
 class _StorageCommon(TypedDict):
@@ -204,7 +221,7 @@ def _storage(env: _Reader) -> StorageSettings | None:
     system_container = env.container_name("VISIONARY_SYSTEM_CONTAINER", DEFAULT_SYSTEM_CONTAINER)
     if system_container == container:
         # The gallery's SAS reads its whole container: the guards' records must live apart.
-        env.problems.append("VISIONARY_SYSTEM_CONTAINER must differ from VISIONARY_CONTAINER.")
+        env.problem("VISIONARY_SYSTEM_CONTAINER must differ from VISIONARY_CONTAINER.")
     common = _StorageCommon(
         container=container,
         system_container=system_container,
@@ -243,7 +260,7 @@ def _models(env: _Reader) -> ModelSettings:
         elif env.text("OPENAI_API_KEY") or env.text("OPENAI_BASE_URL"):
             provider = "openai"
     elif provider not in PROVIDERS:
-        env.problems.append(f"VISIONARY_PROVIDER must be one of {', '.join(PROVIDERS)}, not {provider!r}.")
+        env.problem(f"VISIONARY_PROVIDER must be one of {', '.join(PROVIDERS)}, not {provider!r}.")
         provider = None
     image_model = env.text("VISIONARY_IMAGE_MODEL") or DEFAULT_IMAGE_MODEL
     suggestion_model = env.text("VISIONARY_SUGGESTION_MODEL") or DEFAULT_SUGGESTION_MODEL
@@ -269,21 +286,19 @@ def _models(env: _Reader) -> ModelSettings:
     )
 
 
-def _with_problems(settings: Settings, problems: list[str]) -> Settings:
-    if not problems:
-        return settings
-    return Settings(**{**settings.__dict__, "problems": tuple(problems)})
-
-
 _CONTAINER_NAME = re.compile(r"(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
 
 
 class _Reader:
     """Typed reads of an environment that note what is malformed instead of raising."""
 
-    def __init__(self, environ: Mapping[str, str]) -> None:
+    def __init__(self, environ: Mapping[str, str], concern: Concern) -> None:
         self.environ = environ
-        self.problems: list[str] = []
+        self.concern: Concern = concern
+        self.problems: list[Problem] = []
+
+    def problem(self, text: str) -> None:
+        self.problems.append(Problem(self.concern, text))
 
     def text(self, name: str) -> str | None:
         value = self.environ.get(name, "").strip()
@@ -295,7 +310,7 @@ class _Reader:
         if value is None:
             return default
         if not _CONTAINER_NAME.fullmatch(value):
-            self.problems.append(
+            self.problem(
                 f"{name} must be 3 to 63 lowercase letters, digits and single hyphens, not {value!r}."
             )
         return value
@@ -304,10 +319,10 @@ class _Reader:
         """An account URL for a managed identity, which signs in over HTTPS only."""
         value = self.text(name)
         if value is not None and not value.lower().startswith("https://"):
-            self.problems.append(f"{name} must be an https:// URL: a managed identity signs in over HTTPS only.")
+            self.problem(f"{name} must be an https:// URL: a managed identity signs in over HTTPS only.")
         elif value is not None and ("?" in value or "#" in value):
             # A SAS pasted from the portal would ride along in every link the app hands out.
-            self.problems.append(f"{name} must be the account's URL alone, without a query or a SAS.")
+            self.problem(f"{name} must be the account's URL alone, without a query or a SAS.")
         return value
 
     def integer(self, name: str, default: int, low: int, high: int) -> int:
@@ -334,7 +349,7 @@ class _Reader:
             value = None
         if value is None or not low <= value <= high:
             kind = "a whole number" if whole else "a number"
-            self.problems.append(f"{name} must be {kind} from {low} to {high}, not {raw!r}.")
+            self.problem(f"{name} must be {kind} from {low} to {high}, not {raw!r}.")
             return default
         return value
 
