@@ -99,6 +99,9 @@ async def test_no_key_signature_or_long_prompt_in_any_log_line(
     outcomes = [r.getMessage() for r in caplog.records if r.name == "visionary" and " status=" in r.getMessage()]
     assert {line.split()[0] for line in outcomes} == {"generateImage", "getImages", "sasToken", "getChatGPTSuggestion"}
     assert any(f"prompt={LONG_PROMPT[:80]}" in line for line in outcomes if "status=503" in line)
+    # an error's line names its code, as the answer does
+    assert any(line.startswith("getImages status=503 ") and " code=storage_unavailable" in line for line in outcomes)
+    assert any(line.startswith("generateImage status=502 ") and " code=upstream_error" in line for line in outcomes)
 
 
 async def test_a_refused_model_key_is_not_echoed(api: Api, openai_env: OpenAIServer):

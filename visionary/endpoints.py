@@ -72,20 +72,25 @@ def endpoint(handler: Handler) -> Handler:
         started = time.perf_counter()
         outcome = Outcome()
         token = _outcome.set(outcome)
+        failure: ApiError | None = None
         try:
             response = await handler(req)
         except ApiError as error:
-            response = error_response(error)
+            failure = error
         except (AzureError, TimeoutError) as error:
             log.warning("%s: %s", handler.__name__, describe_failure(error))
-            response = error_response(ApiError.storage_unavailable())
+            failure = ApiError.storage_unavailable()
         except Exception:
             log.exception("%s: unexpected failure", handler.__name__)
-            response = error_response(ApiError.internal())
+            failure = ApiError.internal()
         finally:
             _outcome.reset(token)
+        if failure is not None:
+            response = error_response(failure)
         elapsed_ms = (time.perf_counter() - started) * 1000
-        extra = "".join(f" {key}={value}" for key, value in outcome.fields.items())
+        extra = (f" code={failure.code}" if failure else "") + "".join(
+            f" {key}={value}" for key, value in outcome.fields.items()
+        )
         log.info("%s status=%d ms=%.0f%s", handler.__name__, response.status_code, elapsed_ms, extra)
         return response
 
