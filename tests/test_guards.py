@@ -1,6 +1,7 @@
 import asyncio
 import hashlib
 import json
+import logging
 import os
 import time
 import uuid
@@ -168,10 +169,16 @@ def keyed_env(openai_env: OpenAIServer, monkeypatch) -> OpenAIServer:
     return openai_env
 
 
-async def test_a_repeat_gets_the_same_answer_without_a_second_model_call(api: Api, keyed_env: OpenAIServer, container):
+async def test_a_repeat_gets_the_same_answer_without_a_second_model_call(
+    api: Api, keyed_env: OpenAIServer, container, caplog
+):
+    caplog.set_level(logging.INFO)
     key = {"Idempotency-Key": "order-42"}
     first = await api.generate({"prompt": PROMPT}, headers=key)
     again = await api.generate({"prompt": PROMPT}, headers=key)
+    # both log lines name the picture and the model that drew it
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("generateImage status=201")]
+    assert len(lines) == 2 and all("model=gpt-image-2" in line and "blob=" in line for line in lines), lines
     assert first.status == again.status == 201
     assert again.json()["blob"] == first.json()["blob"]
     assert again.json()["prompt"] == PROMPT and again.json()["url"].split("?")[0] == first.json()["url"].split("?")[0]

@@ -129,7 +129,7 @@ async def generate_image(
             idempotency_key, fingerprint(request.prompt, request.size), draw_and_store, wait_until
         )
     stored = StoredImage.from_record(record)
-    note(blob=stored.name.blob)
+    note(model=stored.model, blob=stored.name.blob)  # a repeat's line too, though it drew nothing
     return CreatedImage(stored, sas)
 
 
