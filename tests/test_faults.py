@@ -98,10 +98,11 @@ async def test_a_storage_outage_during_cleanup_keeps_the_requests_own_error(
     monkeypatch.setenv("VISIONARY_MODEL_MAX_RETRIES", "0")
     monkeypatch.setenv("VISIONARY_MAX_IMAGES_PER_DAY", "5")
     model_server.behaviour.error = "content_policy"
-    model_server.behaviour.delay = 0.5
+    model_server.behaviour.delay = 1.0
     request = asyncio.create_task(api.generate({"prompt": "refused while storage is away"}))
-    await asyncio.sleep(0.3)  # the slot is taken; the model is thinking
-    os.kill(own_azurite.process.pid, signal.SIGSTOP)
+    while not model_server.model_calls():  # the slot is taken once the model is asked
+        await asyncio.sleep(0.02)
+    os.kill(own_azurite.process.pid, signal.SIGSTOP)  # while the model is thinking
     try:
         answer = await request
     finally:

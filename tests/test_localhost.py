@@ -194,7 +194,8 @@ def test_the_settings_file_can_name_the_port_and_be_another_file(tmp_path, azuri
 
 @pytest.mark.parametrize(
     ("port", "said"),
-    [("many", "must be a port number"), (0, "must be a port number"), (True, "must be a port number")],
+    [("many", "must be a port number"), (0, "must be a port number"), (True, "must be a port number"),
+     ("\u00b2", "must be a port number"), ("\u0663", "must be a port number"), ("9" * 5000, "must be a port number")],
 )
 def test_a_local_http_port_that_is_no_port_is_named(tmp_path, port, said: str):
     (tmp_path / "local.settings.json").write_text(json.dumps({"Host": {"LocalHttpPort": port}}))
@@ -203,13 +204,20 @@ def test_a_local_http_port_that_is_no_port_is_named(tmp_path, port, said: str):
     assert said in str(error.value)
 
 
+def test_a_settings_file_that_cannot_be_read_is_named(tmp_path):
+    (tmp_path / "local.settings.json").mkdir()
+    with pytest.raises(HostConfigError) as error:
+        HostConfig.load(tmp_path)
+    assert str(error.value) == f"{tmp_path / 'local.settings.json'} cannot be read: Is a directory."
+
+
 def test_a_settings_file_named_on_the_command_line_must_exist(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "visionary", "serve", "--settings", str(tmp_path / "typo.json")],
         cwd=ROOT, env=ROOT_ENV, capture_output=True, text=True, timeout=60, check=False,
     )
     assert result.returncode == 1
-    assert f"The settings file {tmp_path / 'typo.json'} does not exist." in result.stderr
+    assert f"The settings file {tmp_path / 'typo.json'} does not exist, or is not a file." in result.stderr
 
 
 def test_a_fifth_trigger_appears_by_itself():

@@ -59,8 +59,9 @@ class HostConfig:
         """
         host = _read_json(root / "host.json")
         if settings is not None and not settings.is_file():
-            raise HostConfigError(f"The settings file {settings} does not exist.")
-        local = _read_json(settings or root / "local.settings.json")
+            raise HostConfigError(f"The settings file {settings} does not exist, or is not a file.")
+        settings = settings or root / "local.settings.json"
+        local = _read_json(settings)
         try:
             prefix = host.get("extensions", {}).get("http", {}).get("routePrefix", "api").strip("/")
             cors = tuple(o.strip() for o in local.get("Host", {}).get("CORS", "*").split(",") if o.strip())
@@ -68,13 +69,13 @@ class HostConfig:
             values = {k: str(v) for k, v in local.get("Values", {}).items() if v not in (None, "")}
         except AttributeError:  # a list or a number where the host wants an object or a string
             raise HostConfigError(
-                'host.json or local.settings.json does not have the shape the Functions host reads: '
+                f'host.json or {settings.name} does not have the shape the Functions host reads: '
                 '"Values" and "Host" are objects, "Host.CORS" and "routePrefix" are strings.'
             ) from None
-        if isinstance(port, str) and port.strip().isdigit():  # as the Functions host reads it too
+        if isinstance(port, str) and re.fullmatch(r"\s*[0-9]{1,5}\s*", port):  # as the Functions host reads it too
             port = int(port)
         if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-            raise HostConfigError('"Host.LocalHttpPort" in local.settings.json must be a port number (1 to 65535).')
+            raise HostConfigError(f'"Host.LocalHttpPort" in {settings.name} must be a port number (1 to 65535).')
         return cls(prefix, cors, values, port)
 
     def apply_values(self, environ: MutableMapping[str, str] = os.environ) -> None:
@@ -92,6 +93,8 @@ def _read_json(path: Path) -> dict:
         return {}
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except OSError as error:  # a directory, or a file this user may not read
+        raise HostConfigError(f"{path} cannot be read: {error.strerror or error}.") from None
     except (ValueError, UnicodeDecodeError) as error:
         raise HostConfigError(f"{path.name} is not valid JSON ({error}); fix it or remove it.") from None
     if not isinstance(data, dict):
