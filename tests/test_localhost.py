@@ -204,6 +204,16 @@ def test_a_local_http_port_that_is_no_port_is_named(tmp_path, port, said: str):
     assert said in str(error.value)
 
 
+@pytest.mark.parametrize("port", ["0", "70000", "\u0663", "\u00b2", "port"])
+def test_a_port_on_the_command_line_is_checked_as_the_settings_files_is(port: str):
+    result = subprocess.run(
+        [sys.executable, "-m", "visionary", "serve", "--port", port],
+        cwd=ROOT, env=ROOT_ENV, capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 2
+    assert f"argument --port: {port!r} is not a port (1 to 65535)" in result.stderr
+
+
 def test_a_settings_file_that_cannot_be_read_is_named(tmp_path):
     (tmp_path / "local.settings.json").mkdir()
     with pytest.raises(HostConfigError) as error:

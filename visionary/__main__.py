@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from visionary.localhost import ROOT, HostConfig, HostConfigError
+from visionary.localhost import ROOT, HostConfig, HostConfigError, port_number
 
 if TYPE_CHECKING:
     from visionary.migration import Report
@@ -57,9 +57,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _port(text: str) -> int:
-    if not (text.isdigit() and 1 <= int(text) <= 65535):
+    if (port := port_number(text)) is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a port (1 to 65535)")
-    return int(text)
+    return port
 
 
 def serve_app(config: HostConfig, host: str, port: int) -> int:

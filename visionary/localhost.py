@@ -72,16 +72,27 @@ class HostConfig:
                 f'host.json or {settings.name} does not have the shape the Functions host reads: '
                 '"Values" and "Host" are objects, "Host.CORS" and "routePrefix" are strings.'
             ) from None
-        if isinstance(port, str) and re.fullmatch(r"\s*[0-9]{1,5}\s*", port):  # as the Functions host reads it too
-            port = int(port)
-        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        # A string as the Functions host reads it too, spaces around it and all.
+        if (number := port_number(port.strip() if isinstance(port, str) else port)) is None:
             raise HostConfigError(f'"Host.LocalHttpPort" in {settings.name} must be a port number (1 to 65535).')
-        return cls(prefix, cors, values, port)
+        return cls(prefix, cors, values, number)
 
     def apply_values(self, environ: MutableMapping[str, str] = os.environ) -> None:
         """local.settings.json `Values` become settings; the environment wins."""
         for name, value in self.values.items():
             environ.setdefault(name, value)
+
+
+def port_number(value: object) -> int | None:
+    """A TCP port: a whole number, or up to five ASCII digits, from 1 to 65535; None otherwise.
+
+    ASCII only: "²" passes str.isdigit() but int() refuses it, and "٣" would be port 3.
+    """
+    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,5}", value):
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535:
+        return value
+    return None
 
 
 class HostConfigError(ValueError):
