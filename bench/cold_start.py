@@ -15,11 +15,11 @@ import sys
 import time
 
 from common import ROOT, Azurite, Figure, app_env, free_port, ms, report, run
+from tests.served import MODEL_CODE
 
 RUNS = 10
 OURS = "import function_app"
 BASELINE = "import azure.functions, azure.storage.blob.aio, aiohttp"
-LAZY = ("openai", "PIL", "azure.identity", "httpx", "httpx2", "pybase64", "pydantic_core", "ctypes")
 FIRST_PAGE = """
 import asyncio, json, sys, time
 started = time.perf_counter()
@@ -36,7 +36,7 @@ asyncio.run(first_page())
 done = time.perf_counter()
 print(json.dumps({"import": imported - started, "first_get_images": done - imported,
                   "loaded": loaded}))
-""" % (LAZY,)
+""" % (MODEL_CODE,)
 
 
 def python_c(code: str, env: dict[str, str] | None = None) -> float:
@@ -63,7 +63,7 @@ async def main() -> None:
         azurite.stop()
     report(Figure("cold start: import function_app", f"{ms(o)} (min {ms(min(ours))}, max {ms(max(ours))})",
                   f"azure.functions + blob.aio + aiohttp {ms(b)}", o / b, 1.25,
-                  f"median of {RUNS}; loaded at import of {', '.join(LAZY)}: {first['loaded']}"))
+                  f"median of {RUNS}; loaded at import of {', '.join(MODEL_CODE)}: {first['loaded']}"))
     report(Figure("first getImages in a fresh process", ms(first["first_get_images"]),
                   f"after an import of {ms(first['import'])}", None, None,
                   "includes the storage client's creation and its first connection"))

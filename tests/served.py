@@ -17,6 +17,8 @@ from tests.azurite import ROOT, stop_process, wait_until_listening
 APP_SETTINGS = ("VISIONARY_", "OPENAI_", "AZURE_OPENAI_", "accountName", "accountKey", "AzureWebJobsStorage", "AZURE_CLIENT_ID")
 # The environment of an app process: this machine's, less every app setting.
 ROOT_ENV = {name: value for name, value in os.environ.items() if not name.startswith(APP_SETTINGS)}
+# What the app loads on first use only, never when it is imported: a cold start without them.
+MODEL_CODE = ("openai", "PIL", "azure.identity", "httpx", "httpx2", "pybase64", "pydantic_core", "ctypes")
 # What app processes read in place of local.settings.json, which `make run` creates in the
 # project and a developer fills: a test's settings are its environment, and nothing else.
 NO_LOCAL_SETTINGS = ("--settings", str(Path(__file__).with_name("local.settings.empty.json")))

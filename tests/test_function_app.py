@@ -4,6 +4,7 @@ import sys
 import pytest
 
 from tests.conftest import ROOT_ENV, registered_functions
+from tests.served import MODEL_CODE
 
 
 def test_four_http_triggers_with_their_routes_and_methods():
@@ -42,9 +43,8 @@ async def test_malformed_settings_are_reported_at_first_use(api, storage_env, mo
 
 def test_the_app_starts_without_its_model_code():
     # Cold start: these load at the first generation or suggestion, never at import.
-    model_code = ("openai", "PIL", "azure.identity", "httpx", "httpx2", "pybase64", "pydantic_core", "ctypes")
     result = subprocess.run(
-        [sys.executable, "-c", f"import sys, function_app; print([m for m in {model_code!r} if m in sys.modules])"],
+        [sys.executable, "-c", f"import sys, function_app; print([m for m in {MODEL_CODE!r} if m in sys.modules])"],
         env=ROOT_ENV, capture_output=True, text=True, check=True,
     )
     assert result.stdout.strip() == "[]"
