@@ -312,6 +312,14 @@ async def test_the_request_deadline_bounds_the_model_and_leaves_time_for_storage
     assert (await api.generate({"prompt": PROMPT}, headers={"Idempotency-Key": "deadline-1"})).status == 201
 
 
+async def test_the_request_deadline_cuts_an_offline_drawing_short(api: Api, offline_env, container, monkeypatch):
+    monkeypatch.setenv("VISIONARY_IMAGE_SIZES", "4096x4096")  # a second or more to draw
+    monkeypatch.setenv("VISIONARY_REQUEST_DEADLINE_SECONDS", "1")
+    # 0.3 s kept for the upload and 0.3 s for the key's record: the drawing gets under 0.4 s.
+    monkeypatch.setenv("VISIONARY_STORAGE_TIMEOUT_SECONDS", "0.3")
+    await times_out_within(1, api, container, headers={"Idempotency-Key": "offline-deadline"})
+
+
 async def test_a_deadline_without_room_for_the_storage_steps_is_named_by_generate_image_alone(
     api: Api, openai_env: OpenAIServer, monkeypatch
 ):

@@ -1,3 +1,4 @@
+import asyncio
 import base64
 import io
 
@@ -6,7 +7,7 @@ from PIL import Image
 
 from visionary.errors import ApiError
 from visionary.images import decode_base64, image_type, parse_json
-from visionary.offline import draw
+from visionary.offline import OfflineImages, draw
 
 
 def encoded(fmt: str) -> bytes:
@@ -71,3 +72,19 @@ def test_the_offline_picture_is_a_deterministic_abstract_artwork():
     assert len(colours) > 1000  # shapes and gradients, not a flat fill
     other = Image.open(io.BytesIO(draw("a fox in fresh snow, watercolor"))).convert("RGB")
     assert image.convert("RGB").resize((8, 8)).tobytes() != other.resize((8, 8)).tobytes()
+
+
+async def test_the_offline_provider_serves_other_requests_while_it_draws():
+    served = 0
+
+    async def other_requests() -> None:
+        nonlocal served
+        while True:
+            await asyncio.sleep(0)
+            served += 1
+
+    others = asyncio.create_task(other_requests())
+    picture = await OfflineImages().generate("A lighthouse at dusk, oil painting", "1024x1024")
+    others.cancel()
+    assert picture.data == draw("A lighthouse at dusk, oil painting")
+    assert served > 0  # the event loop turned while the picture was drawn
