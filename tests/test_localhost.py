@@ -245,7 +245,7 @@ def test_a_fifth_trigger_appears_by_itself():
 
 async def test_serve_reports_a_mistyped_provider_instead_of_drawing_offline(azurite: Azurite):
     env = {**ROOT_ENV, "VISIONARY_STORAGE_CONNECTION_STRING": azurite.connection_string,
-           "VISIONARY_PROVIDER": "opneai"}
+           "VISIONARY_PROVIDER": "opneai", "VISIONARY_REQUEST_DEADLINE_SECONDS": "20"}
     served = ServedApp.start(free_port(), env)
     try:
         async with httpx.AsyncClient(base_url=served.url) as http:
@@ -255,3 +255,5 @@ async def test_serve_reports_a_mistyped_provider_instead_of_drawing_offline(azur
     assert answer.status_code == 503 and answer.json()["code"] == "not_configured"
     assert "VISIONARY_PROVIDER" in answer.json()["error"]
     assert "Setting to fix: VISIONARY_PROVIDER" in output and "OFFLINE" not in output
+    # Well formed, but too short for generateImage's storage steps: named at start-up too.
+    assert "Setting to fix: VISIONARY_REQUEST_DEADLINE_SECONDS must be more than three times" in output

@@ -63,6 +63,49 @@ def test_the_request_deadline_is_a_setting_under_azures_limit():
     assert Settings.from_env(roomy).require_request_deadline() == 600
 
 
+def problems(env: dict[str, str]) -> list[str]:
+    return [problem.text for problem in Settings.from_env(env).problems]
+
+
+@pytest.mark.parametrize("value", ["٣", "1_000", "1e3", "-5", "0x10", "ten", "nan"])
+def test_numbers_are_plain_ascii_decimals(value: str):
+    [problem] = problems({"VISIONARY_PAGE_SIZE": value})
+    assert problem == f"VISIONARY_PAGE_SIZE must be a whole number from 1 to 500, not {value!r}."
+    assert Settings.from_env({"VISIONARY_PAGE_SIZE": value}).page_size == 50  # the request still gets an answer
+
+
+def test_decimal_settings_take_fractions():
+    assert Settings.from_env({"VISIONARY_MODEL_TIMEOUT_SECONDS": "0.5"}).models.timeout_seconds == 0.5
+    assert Settings.from_env({"VISIONARY_MODEL_TIMEOUT_SECONDS": ".5"}).models.timeout_seconds == 0.5
+    assert problems({"VISIONARY_MODEL_TIMEOUT_SECONDS": "1e2"}) != []
+
+
+def test_the_public_base_url_must_be_a_link_base():
+    cdn = {"AzureWebJobsStorage": AZURITE, "VISIONARY_PUBLIC_BASE_URL": "https://cdn.example.com/images/"}
+    assert Settings.from_env(cdn).storage.public_base_url == "https://cdn.example.com/images"
+    for wrong in ("cdn.example.com/", "ftp://cdn.example.com", "https://", "https://[::1", "https://cdn.example.com/?sv=1&sig=SECRET"):
+        [problem] = problems({"AzureWebJobsStorage": AZURITE, "VISIONARY_PUBLIC_BASE_URL": wrong})
+        assert problem.startswith("VISIONARY_PUBLIC_BASE_URL must be an http:// or https:// URL") and "SECRET" not in problem
+
+
+def test_image_sizes_are_sizes_the_model_knows_how_to_read():
+    assert Settings.from_env({"VISIONARY_IMAGE_SIZES": "auto, 1024x1024"}).models.image_sizes == ("auto", "1024x1024")
+    [problem] = problems({"VISIONARY_IMAGE_SIZES": "foo,1024x1024,1024X1024"})
+    assert problem == "VISIONARY_IMAGE_SIZES must list sizes like 1024x1024 (or auto), not foo, 1024X1024."
+
+
+def test_unmet_names_everything_that_stops_an_endpoint():
+    assert Settings.from_env({"AzureWebJobsStorage": AZURITE, "OPENAI_API_KEY": "sk"}).unmet() == []
+    nothing = Settings.from_env({}).unmet()
+    assert [text.split(":")[0] for text in nothing] == ["Storage is not configured", "No model service is configured"]
+    keyless = Settings.from_env({"AzureWebJobsStorage": AZURITE, "VISIONARY_PROVIDER": "openai"}).unmet()
+    assert keyless == ["VISIONARY_PROVIDER is openai: set OPENAI_API_KEY, or OPENAI_BASE_URL for a compatible server."]
+    tight = {"AzureWebJobsStorage": AZURITE, "VISIONARY_PROVIDER": "offline", "VISIONARY_REQUEST_DEADLINE_SECONDS": "30"}
+    assert [text.split(" must")[0] for text in Settings.from_env(tight).unmet()] == ["VISIONARY_REQUEST_DEADLINE_SECONDS"]
+    malformed = Settings.from_env({"AzureWebJobsStorage": AZURITE, "VISIONARY_PROVIDER": "opneai"}).unmet()
+    assert malformed == ["VISIONARY_PROVIDER must be one of openai, azure, offline, not 'opneai'."]  # said once
+
+
 def test_secrets_stay_out_of_the_repr():
     settings = Settings.from_env({"accountName": "acct", "accountKey": "c2VjcmV0LWtleQ=="})
     assert "c2VjcmV0LWtleQ" not in repr(settings)

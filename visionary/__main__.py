@@ -72,12 +72,9 @@ def serve_app(config: HostConfig, host: str, port: int) -> int:
         print(taken, file=sys.stderr)
         return 1
     config.apply_values()
-    settings = Settings.from_env()
-    for problem in settings.problems:  # requests that need the setting answer 503 not_configured
-        print(f"  Setting to fix: {problem.text}", file=sys.stderr, flush=True)
     # Offline only when no model service is named at all: a mistyped VISIONARY_PROVIDER is
-    # reported (above, and by every request that needs it), not quietly replaced.
-    if settings.models.provider is None and not os.environ.get("VISIONARY_PROVIDER", "").strip():
+    # reported (below, and by every request that needs it), not quietly replaced.
+    if Settings.from_env().models.provider is None and not os.environ.get("VISIONARY_PROVIDER", "").strip():
         os.environ["VISIONARY_PROVIDER"] = "offline"
         print(
             "\n  No model service is configured: pictures are drawn by the OFFLINE provider.\n"
@@ -85,6 +82,8 @@ def serve_app(config: HostConfig, host: str, port: int) -> int:
             "  in the environment or in local.settings.json, and restart.\n",
             flush=True,
         )
+    for text in Settings.from_env().unmet():  # requests that need the setting answer 503 not_configured
+        print(f"  Setting to fix: {text}", file=sys.stderr, flush=True)
     import function_app
     from visionary import clients
 

@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, TypedDict, overload
+from urllib.parse import urlsplit
 
 from visionary import identity
 from visionary.errors import ApiError
@@ -173,6 +174,22 @@ class Settings:
             raise ApiError.not_configured(" ".join(wrong))
         return self
 
+    def unmet(self) -> list[str]:
+        """Every setting that stops an endpoint, as its 503 would name it: what start-up prints."""
+        unmet = [problem.text for problem in self.problems]
+        checks = (
+            ("storage", self.require_storage), ("models", self.require_models),
+            ("generation", self.require_request_deadline),
+        )
+        for concern, check in checks:
+            if any(problem.concern == concern for problem in self.problems):
+                continue  # named above
+            try:
+                check()
+            except ApiError as error:
+                unmet.append(error.message)
+        return unmet
+
     def require_models(self) -> ModelSettings:
         models = self.require("models").models
         if models.provider is None:
@@ -181,7 +198,9 @@ class Settings:
                 "compatible server), or AZURE_OPENAI_ENDPOINT (Azure OpenAI), or VISIONARY_PROVIDER=offline."
             )
         if models.provider == "openai" and not (models.openai_api_key or models.openai_base_url):
-            raise ApiError.not_configured("VISIONARY_PROVIDER is openai: set OPENAI_API_KEY.")
+            raise ApiError.not_configured(
+                "VISIONARY_PROVIDER is openai: set OPENAI_API_KEY, or OPENAI_BASE_URL for a compatible server."
+            )
         if models.provider == "azure" and not models.azure_endpoint:
             raise ApiError.not_configured("VISIONARY_PROVIDER is azure: set AZURE_OPENAI_ENDPOINT.")
         return models
@@ -225,7 +244,7 @@ def _storage(env: _Reader) -> StorageSettings | None:
     common = _StorageCommon(
         container=container,
         system_container=system_container,
-        public_base_url=(env.text("VISIONARY_PUBLIC_BASE_URL") or "").rstrip("/") or None,
+        public_base_url=env.link_base("VISIONARY_PUBLIC_BASE_URL"),
         sas_ttl_minutes=min(
             env.integer("VISIONARY_SAS_TTL_MINUTES", DEFAULT_SAS_TTL_MINUTES, 1, 10**6),
             MAX_SAS_TTL_MINUTES,
@@ -265,6 +284,9 @@ def _models(env: _Reader) -> ModelSettings:
     image_model = env.text("VISIONARY_IMAGE_MODEL") or DEFAULT_IMAGE_MODEL
     suggestion_model = env.text("VISIONARY_SUGGESTION_MODEL") or DEFAULT_SUGGESTION_MODEL
     sizes = tuple(s.strip() for s in (env.text("VISIONARY_IMAGE_SIZES") or "").split(",") if s.strip())
+    if unknown := [size for size in sizes if not _IMAGE_SIZE.fullmatch(size)]:
+        # Each is sent to the model as it is: a typo would fail every generation that asks for it.
+        env.problem(f"VISIONARY_IMAGE_SIZES must list sizes like 1024x1024 (or auto), not {', '.join(unknown)}.")
     return ModelSettings(
         provider=provider,
         image_model=image_model,
@@ -287,6 +309,10 @@ def _models(env: _Reader) -> ModelSettings:
 
 
 _CONTAINER_NAME = re.compile(r"(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
+_IMAGE_SIZE = re.compile(r"auto|[1-9][0-9]{1,4}x[1-9][0-9]{1,4}")
+# Plain ASCII decimals: int() and float() would also take "1_000", "٣" and "1e3".
+_WHOLE = re.compile(r"[0-9]+")
+_DECIMAL = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
 
 
 class _Reader:
@@ -325,6 +351,23 @@ class _Reader:
             self.problem(f"{name} must be the account's URL alone, without a query or a SAS.")
         return value
 
+    def link_base(self, name: str) -> str | None:
+        """A base for the links the app hands out: an absolute http(s) URL, the SAS goes after it."""
+        value = self.text(name)
+        if value is None:
+            return None
+        try:
+            parts = urlsplit(value)
+        except ValueError:  # such as an unclosed [IPv6 host
+            parts = urlsplit("")
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+            # The value is not repeated: a SAS pasted with it must not reach a response.
+            self.problem(
+                f"{name} must be an http:// or https:// URL with no query, such as https://cdn.example.com/images."
+            )
+            return None
+        return value.rstrip("/")
+
     def integer(self, name: str, default: int, low: int, high: int) -> int:
         return int(self.number(name, default, low, high, whole=True))
 
@@ -343,10 +386,9 @@ class _Reader:
         raw = self.text(name)
         if raw is None:
             return default
-        try:
+        value: float | None = None
+        if (_WHOLE if whole else _DECIMAL).fullmatch(raw):
             value = int(raw) if whole else float(raw)
-        except ValueError:
-            value = None
         if value is None or not low <= value <= high:
             kind = "a whole number" if whole else "a number"
             self.problem(f"{name} must be {kind} from {low} to {high}, not {raw!r}.")
