@@ -11,6 +11,7 @@ from visionary.endpoints import endpoint, json_body, json_response, page_params,
 from visionary.generation import Deadline, ImageRequest, generate_image
 from visionary.guards import check_key
 from visionary.settings import auth_level
+from visionary.text import shortened
 
 app = func.FunctionApp(http_auth_level=auth_level())
 
@@ -41,8 +42,9 @@ async def getImages(req: func.HttpRequest) -> func.HttpResponse:
 @app.route(route="getChatGPTSuggestion", methods=["GET"])
 @endpoint
 async def getChatGPTSuggestion(req: func.HttpRequest) -> func.HttpResponse:
-    suggestion = await clients.current().suggestions.suggest()
-    return text_response(suggestion)
+    current = clients.current()
+    suggestion = await current.suggestions.suggest()
+    return text_response(shortened(suggestion, current.settings.max_prompt_chars))
 
 
 @app.route(route="sasToken", methods=["GET"])

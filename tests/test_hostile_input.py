@@ -95,6 +95,7 @@ BAD_REQUESTS = [
     pytest.param(body(b"x" * (5 * 1024 * 1024), 413, "payload_too_large"), id="5mb-body"),
     pytest.param(prompt("a\u0000b"), id="prompt-nul"),
     pytest.param(prompt("bell\u0007 escape\u001b[31m"), id="prompt-c0-controls"),
+    pytest.param(prompt("csi\u009b31m and \u0090 dcs"), id="prompt-c1-controls"),
     pytest.param(body(b'{"prompt": "a \\ud800 b"}', code="invalid_prompt"), id="prompt-lone-high-surrogate"),
     pytest.param(body(b'{"prompt": "a \\udfff b"}', code="invalid_prompt"), id="prompt-lone-low-surrogate"),
     # size

@@ -70,6 +70,16 @@ async def test_offline_suggestions_vary_and_name_genre_and_medium(api: Api, offl
         assert genre in GENRES and medium in MEDIUMS
 
 
+async def test_a_suggestion_fits_the_prompt_limit_so_it_can_be_drawn_as_it_is(
+    api: Api, openai_env: OpenAIServer, monkeypatch
+):
+    monkeypatch.setenv("VISIONARY_MAX_PROMPT_CHARS", "40")
+    openai_env.behaviour.suggestion = "A whale gliding through a starry sky above a sleeping harbour town, watercolor"
+    suggestion = (await api.suggest()).text
+    assert suggestion == "A whale gliding through a starry sky"
+    assert (await api.generate({"prompt": suggestion})).status == 201
+
+
 async def test_offline_suggestions_come_from_their_random_source():
     first = [await OfflineSuggestions(random.Random(7)).suggest() for _ in range(3)]
     again = [await OfflineSuggestions(random.Random(7)).suggest() for _ in range(3)]

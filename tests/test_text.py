@@ -1,0 +1,19 @@
+from visionary.text import forbidden, shortened, without_forbidden
+
+
+def test_tabs_and_every_kind_of_line_break_are_text():
+    lines = "a\tb\nc\r\nd\x85e\u2028f\u2029g"
+    assert not any(forbidden(ch) for ch in lines) and without_forbidden(lines) == lines
+
+
+def test_control_characters_and_lone_surrogates_are_not():
+    assert without_forbidden("a\x00\x07\x1b[31m\x7f\x90\x9b31m\ud800\udfffb") == "a[31m31mb"
+    assert not forbidden("\xa0") and not forbidden("é")  # no-break space and Latin-1 letters are text
+
+
+def test_a_long_text_is_shortened_at_the_end_of_a_word():
+    text = "A fox curled up in fresh snow, watercolor"
+    assert shortened(text, 100) == text
+    assert shortened(text, 21) == "A fox curled up in"  # "fresh" would be cut
+    assert shortened(text, 29) == "A fox curled up in fresh snow"  # no trailing comma
+    assert shortened("Supercalifragilistic", 5) == "Super"  # one long word: cut inside it
