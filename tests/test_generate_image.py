@@ -298,6 +298,15 @@ async def test_the_model_deadline_covers_downloading_a_url_answer(
     await times_out_within(2, api, container)
 
 
+async def test_a_download_takes_no_longer_than_one_model_attempt(
+    api: Api, openai_env: OpenAIServer, container, monkeypatch
+):
+    monkeypatch.setenv("VISIONARY_MODEL_TIMEOUT_SECONDS", "0.5")
+    openai_env.behaviour.shape = "url"
+    openai_env.behaviour.file_delay = 3  # within httpx's 30 s a read, over the 0.5 s an attempt has
+    await times_out_within(2, api, container)
+
+
 async def test_the_request_deadline_bounds_the_model_and_leaves_time_for_storage(
     api: Api, openai_env: OpenAIServer, container, monkeypatch
 ):

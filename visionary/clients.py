@@ -69,7 +69,9 @@ class Clients:
 
         downloads = httpx.AsyncClient(timeout=DOWNLOAD_TIMEOUT, follow_redirects=True)
         self._closers.append(downloads.aclose)
-        return ModelImages(self._model_client, models.image_target, downloads, models.deadline_seconds)
+        return ModelImages(
+            self._model_client, models.image_target, downloads, models.deadline_seconds, models.timeout_seconds
+        )
 
     @cached_property
     def suggestions(self) -> SuggestionProvider:

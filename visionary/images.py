@@ -1,4 +1,4 @@
-"""Image providers: one small interface, three implementations.
+"""Image providers: one small interface, two implementations.
 
 `ModelImages` asks an OpenAI-protocol image model (OpenAI, Azure OpenAI or a
 compatible server) and accepts both answer shapes, base64 (`b64_json`, what
@@ -10,6 +10,7 @@ image of a type we store before anyone stores them.
 
 from __future__ import annotations
 
+import asyncio
 import binascii
 import json
 from dataclasses import dataclass
@@ -67,12 +68,18 @@ class ModelImages:
     """Images from an OpenAI-protocol model. `model` is a model name, or on Azure a deployment."""
 
     def __init__(
-        self, client: AsyncOpenAI, model: str, downloads: httpx.AsyncClient, deadline: float | None = None
+        self,
+        client: AsyncOpenAI,
+        model: str,
+        downloads: httpx.AsyncClient,
+        deadline: float | None = None,
+        download_timeout: float | None = None,
     ) -> None:
         self._client = client
         self._model = model
         self._downloads = downloads
         self._deadline = deadline  # for the model call with all its retries, and a download
+        self._download_timeout = download_timeout  # a whole download, as one model attempt has
 
     async def generate(self, prompt: str, size: str) -> GeneratedImage:
         # One deadline, one error mapping: the model call, its retries and a download together.
@@ -87,7 +94,8 @@ class ModelImages:
         if b64_json:
             data = decode_base64(b64_json)
         elif url:
-            data = await download(self._downloads, url)
+            async with asyncio.timeout(self._download_timeout):  # httpx bounds each read, not the whole
+                data = await download(self._downloads, url)
         else:
             raise ApiError.upstream_error("The model service answered with no image.")
         return checked(data, self._model, revised_prompt)
