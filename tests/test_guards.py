@@ -245,12 +245,21 @@ async def test_a_repeat_waits_for_a_running_first_request_only_within_its_deadli
     assert keyed_env.model_calls() == []
 
 
-async def test_a_marker_edited_by_hand_is_replaced_not_a_500(api: Api, keyed_env: OpenAIServer, azurite: Azurite):
+@pytest.mark.parametrize("edit", [
+    pytest.param(lambda marker: {"state": "done"}, id="no-claim"),
+    pytest.param(lambda marker: {**marker, "answer": {**marker["answer"], "blob": "elsewhere.png"}}, id="no-gallery-blob"),
+    pytest.param(lambda marker: {**marker, "answer": {**marker["answer"], "prompt": 42}}, id="prompt-not-text"),
+    pytest.param(lambda marker: {**marker, "answer": ["not", "a", "record"]}, id="answer-not-a-record"),
+])
+async def test_a_marker_edited_by_hand_is_replaced_not_a_500(
+    api: Api, keyed_env: OpenAIServer, azurite: Azurite, edit: Callable[[dict], dict]
+):
     key = {"Idempotency-Key": "order-43"}
     first = await api.generate({"prompt": PROMPT}, headers=key)
     async with system_container(azurite, os.environ["VISIONARY_SYSTEM_CONTAINER"]) as records:
         [marker] = await blob_names(records, "idempotency/")
-        await records.upload_blob(marker, b'{"state": "done"}', overwrite=True)
+        recorded = json.loads(await (await records.download_blob(marker)).readall())
+        await records.upload_blob(marker, json.dumps(edit(recorded)), overwrite=True)
     second = await api.generate({"prompt": PROMPT}, headers=key)
     assert (first.status, second.status) == (201, 201)
     assert second.json()["blob"] != first.json()["blob"]  # the first answer was lost with its record

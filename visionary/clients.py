@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from visionary.allocator import keep_freed_pages
 from visionary.guards import DailyCap, Guards, IdempotencyLedger
 from visionary.settings import Settings
-from visionary.storage import Gallery
+from visionary.storage import Gallery, StoredImage
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -52,7 +52,9 @@ class Clients:
         stale_after = timedelta(seconds=models.deadline_seconds + 3 * storage.timeout_seconds + 60)
         return Guards(
             cap=DailyCap(system, cap, timeout=storage.timeout_seconds) if cap is not None else None,
-            ledger=IdempotencyLedger(system, stale_after=stale_after, timeout=storage.timeout_seconds),
+            ledger=IdempotencyLedger(
+                system, stale_after=stale_after, timeout=storage.timeout_seconds, readable=StoredImage.is_record
+            ),
         )
 
     @cached_property

@@ -174,6 +174,10 @@ def check_key(key: str | None) -> str | None:
     return key
 
 
+def _any_answer(answer: dict) -> bool:
+    return True
+
+
 class IdempotencyLedger:
     """The first request with a key does the work; repeats within 24 h get its answer.
 
@@ -191,12 +195,30 @@ class IdempotencyLedger:
         stale_after: timedelta = timedelta(minutes=10),
         poll_seconds: float = 0.25,
         timeout: float | None = None,
+        readable: Callable[[dict], bool] = _any_answer,
     ) -> None:
         self.container = container
+        self.readable = readable  # whether a recorded answer can be given again (not edited by hand)
         self.timeout = timeout  # for each round trip to the marker
         self.wait_seconds = wait_seconds
         self.stale_after = stale_after
         self.poll_seconds = poll_seconds
+
+    def _is_marker(self, data: dict) -> bool:
+        """Whether a record has the shape `once` writes: a claim, or a claim with its answer."""
+        try:
+            since = datetime.fromisoformat(data["since"])
+        except (KeyError, TypeError, ValueError):
+            return False
+        answer = data.get("answer")
+        return (
+            since.tzinfo is not None
+            and isinstance(data.get("fingerprint"), str)
+            and (
+                data.get("state") == "running"
+                or (data.get("state") == "done" and isinstance(answer, dict) and self.readable(answer))
+            )
+        )
 
     async def once(
         self, key: str, fingerprint: str, work: Callable[[], Awaitable[dict]], wait_until: float | None = None
@@ -212,7 +234,7 @@ class IdempotencyLedger:
             deadline = min(deadline, wait_until)
         while True:
             async with asyncio.timeout(self.timeout):
-                record = await read_record(self.container, blob, _is_marker)
+                record = await read_record(self.container, blob, self._is_marker)
             if record.data is None or self._claimable(record.data, fingerprint):
                 running = {"fingerprint": fingerprint, "state": "running", "since": _now_iso()}
                 async with asyncio.timeout(self.timeout):
@@ -260,18 +282,6 @@ class IdempotencyLedger:
                 log.warning("idempotency claim was taken over while its work ran; its record is kept")
         return answer
 
-
-def _is_marker(data: dict) -> bool:
-    """Whether a record has the shape `once` writes: a claim, or a claim with its answer."""
-    try:
-        since = datetime.fromisoformat(data["since"])
-    except (KeyError, TypeError, ValueError):
-        return False
-    return (
-        since.tzinfo is not None
-        and isinstance(data.get("fingerprint"), str)
-        and (data.get("state") == "running" or (data.get("state") == "done" and isinstance(data.get("answer"), dict)))
-    )
 
 
 async def _release(blob: BlobClient, claim: str, timeout: float | None) -> None:

@@ -69,11 +69,26 @@ class StoredImage:
         return {"blob": self.name.blob, "prompt": self.prompt, "revisedPrompt": self.revised_prompt, "model": self.model}
 
     @classmethod
+    def is_record(cls, record: dict) -> bool:
+        """Whether `record` reads as one `to_record` wrote (a ledger's may have been edited by hand)."""
+        try:
+            cls.from_record(record)
+        except (KeyError, TypeError, ValueError):
+            return False
+        return True
+
+    @classmethod
     def from_record(cls, record: dict) -> StoredImage:
-        name = naming.parse_gallery_name(record["blob"])
-        if name is None:  # only a ledger record edited by hand: to_record names a gallery blob
-            raise ValueError(f"a stored record names no gallery blob: {record['blob']!r}")
-        return cls(name, record["prompt"], name.created_at, record["revisedPrompt"], record["model"])
+        """What `to_record` kept; a record edited by hand raises KeyError, TypeError or ValueError."""
+        blob, prompt, revised_prompt, model = (record[key] for key in ("blob", "prompt", "revisedPrompt", "model"))
+        if not (isinstance(blob, str) and isinstance(prompt, str)):
+            raise TypeError("a stored record's blob and prompt are text")
+        if not all(value is None or isinstance(value, str) for value in (revised_prompt, model)):
+            raise TypeError("a stored record's revised prompt and model are text or null")
+        name = naming.parse_gallery_name(blob)
+        if name is None:
+            raise ValueError(f"a stored record names no gallery blob: {blob!r}")
+        return cls(name, prompt, name.created_at, revised_prompt, model)
 
 
 @dataclass(frozen=True)
