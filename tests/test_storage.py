@@ -65,3 +65,12 @@ def test_metadata_stays_within_azures_8_kib():
     assert huge.startswith(unquote(metadata["prompt"]))
     short = encode_metadata("a cat", "A fluffy cat", None, created)
     assert unquote(short["revised_prompt"]) == "A fluffy cat" and "prompt_truncated" not in short
+
+
+async def test_a_prompt_too_long_for_metadata_is_listed_cut_and_says_so(gallery: Gallery):
+    prompt = "猫" * 1000  # 9 bytes a character percent-encoded: over Azure's 8 KiB
+    stored = await gallery.upload(png_bytes(), "image/png", prompt)
+    assert stored.prompt == prompt  # generateImage's own answer holds it whole
+    [listed] = (await gallery.page(1, None)).images
+    assert listed.prompt.endswith("…") and prompt.startswith(listed.prompt[:-1])
+    assert 800 < len(listed.prompt) < len(prompt)

@@ -43,6 +43,7 @@ MAX_CLASH_RETRIES = 50
 ACCOUNT_NAME = re.compile(r"[a-z0-9]{3,24}")  # what Azure allows; Azurite's devstoreaccount1 too
 # Azure caps all metadata of a blob at 8 KiB; keep a margin for names and framing.
 METADATA_BUDGET = 8000
+TRUNCATED = "\u2026"  # "…", what ends a listed prompt that was stored cut
 
 log = logging.getLogger("visionary")
 
@@ -380,9 +381,12 @@ def _stored_image(blob) -> StoredImage | None:
     if name is None:
         return None
     metadata = blob.metadata or {}
+    prompt = unquote(metadata["prompt"]) if "prompt" in metadata else name.title
+    if metadata.get("prompt_truncated") == "true":
+        prompt += TRUNCATED  # the rest did not fit in Azure's 8 KiB: say so, not pass a part off as whole
     return StoredImage(
         name=name,
-        prompt=unquote(metadata["prompt"]) if "prompt" in metadata else name.title,
+        prompt=prompt,
         created_at=name.created_at,
         revised_prompt=unquote(metadata["revised_prompt"]) if "revised_prompt" in metadata else None,
         model=metadata.get("model"),
