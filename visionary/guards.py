@@ -183,9 +183,10 @@ class IdempotencyLedger:
 
     A marker blob per key is claimed create-only. While its owner works, repeats
     wait (bounded) and then get 409 `in_progress`; a repeat with another request
-    body gets 409 `idempotency_conflict`. A failed first request removes its
-    marker, so the client's retry starts afresh; a marker whose owner vanished
-    (crashed) is taken over once it is older than `stale_after`.
+    (another fingerprint: for generateImage, its prompt and size) gets 409
+    `idempotency_conflict`. A failed first request removes its marker, so the
+    client's retry starts afresh; a marker whose owner vanished (crashed) is taken
+    over once it is older than `stale_after`.
     """
 
     def __init__(
