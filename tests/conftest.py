@@ -18,6 +18,7 @@ from PIL import Image
 
 import function_app
 from tests.azurite import Azurite, free_port
+from tests.lossy_storage import LossyStorage
 from tests.openai_server import OpenAIServer
 from tests.served import APP_SETTINGS, ROOT_ENV, ServedApp
 from visionary import clients
@@ -73,6 +74,16 @@ async def gallery(storage_env: Azurite) -> AsyncIterator[Gallery]:
     gallery = Gallery.from_settings(Settings.from_env().require_storage())
     yield gallery
     await gallery.close()
+
+
+@pytest.fixture
+async def lossy_storage(azurite: Azurite, container_name: str, monkeypatch) -> AsyncIterator[LossyStorage]:
+    """Azurite behind a proxy that loses the answers it is told to, as the app's storage."""
+    storage = await LossyStorage(azurite).start()
+    monkeypatch.setenv("VISIONARY_STORAGE_CONNECTION_STRING", storage.connection_string)
+    monkeypatch.setenv("VISIONARY_CONTAINER", container_name)
+    yield storage
+    await storage.stop()
 
 
 @pytest.fixture(scope="session")

@@ -15,12 +15,14 @@ from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 
 from tests.azurite import Azurite, free_port
 from tests.conftest import ROOT_ENV, Api, blob_names
+from tests.lossy_storage import LossyStorage
 from tests.openai_server import OpenAIServer
 from tests.served import ServedApp
 from visionary.clients import Clients
 from visionary.errors import ApiError
 from visionary.guards import DailyCap, IdempotencyLedger, fingerprint
 from visionary.settings import Settings
+from visionary.storage import open_service_client
 
 PROMPT = "A lighthouse at dusk, oil painting"
 
@@ -89,6 +91,32 @@ async def test_a_count_edited_by_hand_is_replaced_not_a_500(
             assert (await api.generate({"prompt": PROMPT})).status == 201
             assert json.loads(await (await records.download_blob(day)).readall()) == {"count": 1}
     assert "is not a record this app wrote" in caplog.text
+
+
+async def test_a_count_change_whose_answer_was_lost_is_made_once(
+    lossy_storage: LossyStorage, azurite: Azurite, container_name: str
+):
+    # Storage makes the change, its answer is lost, and the SDK's retry meets the change as a
+    # conflict: counted again, it would let the day pass its cap (or lose a slot for good).
+    async def count() -> int:
+        async with system_container(azurite, container_name) as records:
+            [day] = await blob_names(records, "cost-guard/")
+            return json.loads(await (await records.download_blob(day)).readall())["count"]
+
+    async with open_service_client(Settings.from_env().require_storage()) as service:
+        cap = DailyCap(service.get_container_client(container_name), 5, timeout=10)
+        async with cap.slot():
+            pass
+        lossy_storage.lose_answer("PUT", "/cost-guard/", conditional=True)
+        async with cap.slot():
+            pass
+        assert await count() == 2
+        with pytest.raises(ApiError):
+            async with cap.slot():
+                lossy_storage.lose_answer("PUT", "/cost-guard/", conditional=True)
+                raise ApiError.upstream_error()  # the slot is given back; that answer is lost too
+        assert await count() == 2
+    assert len(lossy_storage.lost) == 2
 
 
 async def test_the_cap_counts_per_utc_day_and_its_retry_after_reaches_midnight(container: ContainerClient):
@@ -272,6 +300,21 @@ async def test_a_malformed_key_is_a_400(api: Api, keyed_env: OpenAIServer, key: 
     answer = await api.generate({"prompt": PROMPT}, headers={"Idempotency-Key": key})
     assert answer.status == 400 and answer.json()["code"] == "invalid_parameter"
     assert keyed_env.model_calls() == []
+
+
+async def test_a_claim_whose_answer_was_lost_is_still_ours(lossy_storage: LossyStorage, container_name: str):
+    calls = []
+
+    async def work() -> dict:
+        calls.append(1)
+        return {"drawn": len(calls)}
+
+    async with open_service_client(Settings.from_env().require_storage()) as service:
+        ledger = IdempotencyLedger(service.get_container_client(container_name), wait_seconds=1, timeout=10)
+        lossy_storage.lose_answer("PUT", "/idempotency/", conditional=False)  # the create-only claim
+        assert await ledger.once("order-44", "prompt", work) == {"drawn": 1}  # not 409 in_progress
+        assert await ledger.once("order-44", "prompt", work) == {"drawn": 1}
+    assert len(lossy_storage.lost) == 1 and len(calls) == 1
 
 
 async def overtaken(container: ContainerClient, ending: Callable[[], Awaitable[dict]]) -> dict:

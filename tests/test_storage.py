@@ -1,9 +1,12 @@
 from datetime import datetime, timezone
 from urllib.parse import unquote
 
-from azure.storage.blob.aio import ContainerClient
+from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 
-from tests.conftest import png_bytes
+from tests.azurite import Azurite
+from tests.conftest import blob_names, png_bytes
+from tests.lossy_storage import LossyStorage
+from visionary.settings import Settings
 from visionary.storage import Gallery, encode_metadata
 
 NOW = 1_763_700_000_000
@@ -74,3 +77,18 @@ async def test_a_prompt_too_long_for_metadata_is_listed_cut_and_says_so(gallery:
     [listed] = (await gallery.page(1, None)).images
     assert listed.prompt.endswith("…") and prompt.startswith(listed.prompt[:-1])
     assert 800 < len(listed.prompt) < len(prompt)
+
+
+async def test_an_upload_whose_answer_was_lost_is_stored_once(
+    lossy_storage: LossyStorage, azurite: Azurite, container_name: str
+):
+    gallery = Gallery.from_settings(Settings.from_env().require_storage())
+    try:
+        await gallery.ensure_container()
+        lossy_storage.lose_answer("PUT", "/gallery/")  # stored, but the app hears a 500 and tries again
+        stored = await gallery.upload(png_bytes(), "image/png", "an answer lost on the way")
+    finally:
+        await gallery.close()
+    assert len(lossy_storage.lost) == 1
+    async with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
+        assert await blob_names(service.get_container_client(container_name)) == [stored.name.blob]

@@ -14,6 +14,7 @@ import json
 import logging
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -75,16 +76,28 @@ async def write_record(blob: BlobClient, data: dict, etag: str | None) -> str | 
     The new ETag; None when another writer got there first: the caller reads again.
     """
     body = json.dumps(data, separators=(",", ":"))
+    # Names this write: when storage made it but its answer was lost, the SDK's retry meets
+    # it as a conflict, and only this tells our own write from another writer's.
+    write = {"write_id": uuid.uuid4().hex}
     try:
         if etag is None:
-            written = await blob.upload_blob(body, overwrite=False)
+            written = await blob.upload_blob(body, overwrite=False, metadata=write)
         else:
             written = await blob.upload_blob(
-                body, overwrite=True, etag=etag, match_condition=MatchConditions.IfNotModified
+                body, overwrite=True, etag=etag, match_condition=MatchConditions.IfNotModified, metadata=write
             )
     except (ResourceExistsError, ResourceModifiedError):
-        return None
+        return await _etag_if_written(blob, write["write_id"])
     return written["etag"]
+
+
+async def _etag_if_written(blob: BlobClient, write_id: str) -> str | None:
+    """The record's ETag if it holds the write named `write_id`; None if another writer's."""
+    try:
+        properties = await blob.get_blob_properties()
+    except ResourceNotFoundError:
+        return None
+    return properties.etag if properties.metadata.get("write_id") == write_id else None
 
 
 async def _contention_pause(attempt: int) -> None:

@@ -215,9 +215,20 @@ class Gallery:
             try:
                 await self._put(candidate, data, metadata)
             except ResourceExistsError:
-                continue
+                # Another picture of the same millisecond; or ours, stored by an attempt whose
+                # answer was lost, which the SDK's retry then met.
+                if not await self._holds(candidate, upload_id):
+                    continue
             return StoredImage(candidate, prompt, candidate.created_at, revised_prompt, model)
         raise ApiError.storage_unavailable()
+
+    async def _holds(self, name: naming.BlobName, upload_id: str) -> bool:
+        """Whether the blob of this name is the one the upload `upload_id` stored."""
+        try:
+            properties = await self.container.get_blob_client(name.blob).get_blob_properties()
+        except ResourceNotFoundError:  # deleted in between: not ours, and the name is free again
+            return False
+        return properties.metadata.get("upload_id") == upload_id
 
     def _remove_later(self, name: naming.BlobName, upload_id: str) -> None:
         task = asyncio.get_running_loop().create_task(self._remove_if_ours(name, upload_id))

@@ -1,0 +1,96 @@
+"""A loopback proxy in front of Azurite that loses answers.
+
+Storage may apply a write and the answer still never reach the app (a dropped connection,
+Azure's 500 OperationTimedOut, "may have succeeded"). The storage SDK then retries the same
+request, and storage answers the retry as a conflict with the write it has already made.
+`lose_answer` makes that happen on purpose: the matching request goes on to Azurite, and
+the app gets a 500 in place of Azurite's answer.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from aiohttp import ClientSession, web
+
+from tests.azurite import ACCOUNT, KEY, Azurite, free_port
+
+_HOP_BY_HOP = {"host", "transfer-encoding", "connection", "keep-alive", "content-length", "content-encoding"}
+
+
+@dataclass
+class _Loss:
+    method: str
+    path: re.Pattern[str]
+    conditional: bool | None  # only writes with If-Match (True), only without (False), either (None)
+    count: int
+
+
+class LossyStorage:
+    def __init__(self, azurite: Azurite) -> None:
+        self.azurite = azurite
+        self.port = free_port()
+        self.losses: list[_Loss] = []
+        self.lost: list[str] = []  # "METHOD path" of each answer lost
+        self._runner: web.AppRunner | None = None
+        self._session: ClientSession | None = None
+
+    @property
+    def connection_string(self) -> str:
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{self.port}/{ACCOUNT};"
+        )
+
+    def lose_answer(self, method: str, path: str, conditional: bool | None = None, count: int = 1) -> None:
+        """Apply the next `count` requests like these, and answer each with a 500 instead."""
+        self.losses.append(_Loss(method, re.compile(path), conditional, count))
+
+    async def start(self) -> LossyStorage:
+        self._session = ClientSession(auto_decompress=False)
+        application = web.Application(client_max_size=64 * 1024 * 1024)
+        application.router.add_route("*", "/{tail:.*}", self._forward)
+        self._runner = web.AppRunner(application, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+        if self._session:
+            await self._session.close()
+
+    def _loss_for(self, request: web.Request) -> _Loss | None:
+        for loss in self.losses:
+            conditional = "If-Match" in request.headers
+            if (
+                loss.count > 0
+                and loss.method == request.method
+                and loss.path.search(request.path)
+                and loss.conditional in (None, conditional)
+            ):
+                loss.count -= 1
+                return loss
+        return None
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        assert self._session is not None
+        body = await request.read()
+        loss = self._loss_for(request)
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
+        async with self._session.request(
+            request.method, f"{self.azurite.blob_endpoint.rsplit('/', 1)[0]}{request.path_qs}",
+            headers=headers, data=body or None, allow_redirects=False,
+            skip_auto_headers=("Content-Type", "User-Agent", "Accept-Encoding", "Accept"),
+        ) as answer:
+            data = await answer.read()
+            if loss is not None:
+                self.lost.append(f"{request.method} {request.path}")
+                return web.Response(
+                    status=500, text="<Error><Code>OperationTimedOut</Code></Error>",
+                    headers={"x-ms-error-code": "OperationTimedOut"},
+                )
+            out = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP}
+            return web.Response(status=answer.status, body=data, headers=out)
