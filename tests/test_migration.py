@@ -220,6 +220,37 @@ async def test_a_source_rewritten_after_its_copy_is_kept(container: ContainerCli
     assert await (await container.download_blob(source)).readall() == png_bytes(2)
 
 
+async def test_a_source_another_run_deleted_is_no_error(container: ContainerClient):
+    await container.create_container()
+    source = "moved by the other run_1700000000000.png"
+    as_read = await (await container.upload_blob(source, png_bytes(1))).get_blob_properties()
+    await container.delete_blob(source)  # Azurite answers the conditional delete that follows with 412
+    await _delete_source(container, source, as_read.etag)
+
+
+async def test_two_runs_at_once_move_every_picture_once_without_errors(container: ContainerClient):
+    await container.create_container()
+    sources = {f"picture {i}_{1700000000000 + 1000 * i}.png": png_bytes(i) for i in range(12)}
+    for name, data in sources.items():
+        await container.upload_blob(name, data)
+    reports = await asyncio.gather(migrate(container), migrate(container))
+    assert all(report.ok for report in reports), [printed(report) for report in reports]
+    assert sorted([blob.name async for blob in container.list_blobs()]) == sorted(target_of(s) for s in sources)
+    for source, data in sources.items():
+        assert await read(container, target_of(source)) == data
+
+
+async def test_sources_at_the_last_millisecond_the_scheme_names_are_not_pushed_past_it(container: ContainerClient):
+    await container.create_container()
+    last = naming.MAX_TS
+    await container.upload_blob(f"the end_{last}.png", png_bytes(1))
+    await container.upload_blob(f"the  end_{last}.png", png_bytes(2))  # the same title, other bytes
+    report = await migrate(container)
+    assert report.count(Action.MOVED) == 1 and report.count(Action.CONFLICT) == 1
+    copies = [blob.name async for blob in container.list_blobs(name_starts_with="gallery/")]
+    assert len(copies) == 1 and naming.parse_gallery_name(copies[0]) is not None  # a name getImages can read
+
+
 async def test_sources_that_make_one_name_take_the_next_milliseconds_and_the_dry_run_says_so(
     container: ContainerClient,
 ):

@@ -91,3 +91,9 @@ def test_every_stored_type_has_an_extension() -> None:
     for content_type, ext in naming.EXTENSIONS.items():
         assert naming.name_for("p", 5, content_type).blob.endswith("." + ext)
         assert set(ext) <= set(string.ascii_lowercase)
+
+
+def test_a_timestamp_is_ascii_digits_as_node_and_the_scheme_wrote_them():
+    assert naming.parse_node_name("arabic digits_١٦٩٠٠٠٠٠٠٠٠٠١.png") is None
+    assert naming.parse_node_name("fullwidth_１２３.png") is None
+    assert naming.parse_gallery_name("gallery/٨٢٣٦٢٨٧٩٩٩٨٧٦_a cat_١٧٦٣٧١٢٠٠٠١٢٣.png") is None

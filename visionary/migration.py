@@ -193,7 +193,10 @@ async def _move(
     so an earlier copy comes before any free name (unless someone deletes a picture at an
     earlier name between the runs).
     """
-    downloaded = await container.download_blob(source)
+    try:
+        downloaded = await container.download_blob(source)
+    except ResourceNotFoundError:
+        return _left(source, "gone before it was read: another run moved it")
     data = await downloaded.readall()
     content_type = image_type(data)
     if content_type is None:
@@ -243,6 +246,11 @@ async def _delete_source(container: ContainerClient, source: str, etag: str) -> 
         await container.delete_blob(source, etag=etag, match_condition=MatchConditions.IfNotModified)
     except ResourceNotFoundError:
         pass  # another run deleted it after making the same copy
+    except ResourceModifiedError:
+        # Rewritten since it was copied: kept. Or gone: Azurite answers a conditional delete
+        # of a deleted blob with 412, not 404, and then another run deleted it.
+        if await container.get_blob_client(source).exists():
+            raise
 
 
 async def _held_at(

@@ -297,7 +297,8 @@ class Gallery:
 
 def names_from(first: naming.BlobName) -> Iterator[naming.BlobName]:
     """The names a picture may take on a clash: `first`, then 1 ms later each time."""
-    return (first.later(ms) for ms in range(MAX_CLASH_RETRIES))
+    # None past the last millisecond the scheme can name (its inverted timestamp has 13 digits).
+    return (first.later(ms) for ms in range(MAX_CLASH_RETRIES) if first.ts + ms <= naming.MAX_TS)
 
 
 async def ensure_container(container: ContainerClient) -> None:
