@@ -297,7 +297,6 @@ class IdempotencyLedger:
         return answer
 
 
-
 async def _release(blob: BlobClient, claim: str, timeout: float | None) -> None:
     """Remove our claim, and only ours: a claim taken over meanwhile belongs to another request."""
     async with asyncio.timeout(timeout):
