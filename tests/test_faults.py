@@ -5,6 +5,7 @@ link) are in test_generate_image.py.
 """
 
 import asyncio
+import json
 import os
 import signal
 import time
@@ -14,8 +15,9 @@ import pytest
 from tests.azurite import Azurite, free_port
 from tests.conftest import Api, png_bytes
 from visionary import naming
+from visionary.guards import DailyCap
 from visionary.settings import Settings
-from visionary.storage import Gallery
+from visionary.storage import Gallery, open_service_client
 
 TIMEOUT = 2.0
 NOW = 1_763_700_000_000
@@ -108,6 +110,33 @@ async def test_a_storage_outage_during_cleanup_keeps_the_requests_own_error(
     finally:
         os.kill(own_azurite.process.pid, signal.SIGCONT)
     assert answer.status == 400 and answer.json()["code"] == "content_policy_violation"
+
+
+async def test_a_burst_at_a_frozen_count_fails_within_the_timeout_and_the_next_one_counts(
+    own_azurite: Azurite, container_name: str
+):
+    # The requests of one process share a write of the count: frozen storage fails them all,
+    # each within its own timeout, and the count goes on once storage is back.
+    async with open_service_client(Settings.from_env().require_storage()) as service:
+        cap = DailyCap(service.get_container_client(f"system-{container_name}"), 100, timeout=TIMEOUT)
+
+        async def generation() -> None:
+            async with cap.slot():
+                pass
+
+        await generation()  # today's count exists: 1
+        os.kill(own_azurite.process.pid, signal.SIGSTOP)
+        try:
+            burst = asyncio.gather(*[generation() for _ in range(20)], return_exceptions=True)
+            failures, elapsed = await timed(burst)
+        finally:
+            os.kill(own_azurite.process.pid, signal.SIGCONT)
+        assert all(isinstance(failure, TimeoutError) for failure in failures), failures
+        assert elapsed < TIMEOUT + 1.0
+        await asyncio.gather(*[generation() for _ in range(5)])
+        [day] = [blob.name async for blob in cap.container.list_blobs("cost-guard/")]
+        count = json.loads(await (await cap.container.download_blob(day)).readall())["count"]
+    assert count in (6, 26)  # with or without the frozen burst's write, which may land as storage thaws
 
 
 async def test_cleanup_of_a_timed_out_upload_leaves_another_requests_picture_alone(own_azurite: Azurite):

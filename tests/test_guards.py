@@ -134,17 +134,61 @@ async def test_the_cap_counts_per_utc_day_and_its_retry_after_reaches_midnight(c
     assert await blob_names(container) == ["cost-guard/2026-03-01.json", "cost-guard/2026-03-02.json"]
 
 
+async def generation(cap: DailyCap, drawing: float = 0.0) -> int:
+    """A generation's status as far as the cap decides it; the model takes `drawing` seconds."""
+    try:
+        async with cap.slot():
+            await asyncio.sleep(drawing)
+            return 201
+    except ApiError as refused:
+        return refused.status
+
+
 async def test_a_burst_in_one_process_queues_for_the_count_instead_of_timing_out(container: ContainerClient):
     # Racing each other on the count's ETag, two in three of 200 such requests ran out of time (503).
     cap = DailyCap(container, 1000, timeout=10)
-
-    async def generation() -> None:
-        async with cap.slot():
-            await asyncio.sleep(0.2)  # the model at work
-
-    await asyncio.gather(*[generation() for _ in range(200)])
+    assert await asyncio.gather(*[generation(cap, drawing=0.2) for _ in range(200)]) == [201] * 200
     [day] = await blob_names(container, "cost-guard/")
     assert json.loads(await (await container.download_blob(day)).readall()) == {"count": 200}
+
+
+async def test_bursts_from_several_processes_each_cost_a_few_writes_not_one_a_request(
+    container: ContainerClient,
+):
+    # Four processes' caps on one count, 150 requests each, and a 3 s storage timeout. One write
+    # a request (taking turns) needed 600 round trips in a row, and most ran out of time (503).
+    caps = [DailyCap(container, 10_000, timeout=3) for _ in range(4)]
+    statuses = await asyncio.gather(*[generation(cap, drawing=0.2) for cap in caps for _ in range(150)])
+    assert statuses == [201] * 600
+    [day] = await blob_names(container, "cost-guard/")
+    assert json.loads(await (await container.download_blob(day)).readall()) == {"count": 600}
+
+
+async def test_a_burst_over_the_cap_gets_exactly_the_slots_left(container: ContainerClient):
+    cap = DailyCap(container, 7)
+    statuses = await asyncio.gather(*[generation(cap) for _ in range(20)])
+    assert sorted(statuses) == [201] * 7 + [429] * 13
+
+
+async def test_a_slot_given_back_beside_a_take_goes_to_that_take(container: ContainerClient):
+    cap = DailyCap(container, 1)
+    holding, model_fails = asyncio.Event(), asyncio.Event()
+
+    async def failing_generation() -> None:
+        async with cap.slot():
+            holding.set()
+            await model_fails.wait()
+            raise ApiError.upstream_error()
+
+    first = asyncio.create_task(failing_generation())
+    await holding.wait()
+    second = asyncio.create_task(generation(cap))  # asks just before the first gives its slot back
+    model_fails.set()
+    with pytest.raises(ApiError):
+        await first
+    assert await second == 201  # give-backs are applied first, so the day's one slot is the second's
+    [day] = await blob_names(container, "cost-guard/")
+    assert json.loads(await (await container.download_blob(day)).readall()) == {"count": 1}
 
 
 # -- idempotency -------------------------------------------------------------

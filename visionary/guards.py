@@ -120,11 +120,14 @@ class DailyCap:
     ) -> None:
         self.container = container
         self.cap = cap
-        self.timeout = timeout  # for one change of the count, contention retries included
+        self.timeout = timeout  # for one change of the count, waiting and contention retries included
         self.now = now or (lambda: datetime.now(timezone.utc))
-        # One change of the count at a time from this process: its requests queue here instead
-        # of racing each other on the record's ETag (200 at once lost two in three of those races).
-        self._turn = asyncio.Lock()
+        # A process's changes queue here and one writer applies all that are waiting in a single
+        # conditional write: a burst costs a few round trips, not one each. (Racing each other on
+        # the ETag, 200 requests at once lost two in three of those races; taking turns, one write
+        # each, 640 over eight processes ran half past the storage timeout.)
+        self._queue: list[_Change] = []
+        self._writer: asyncio.Task[None] | None = None
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -147,18 +150,49 @@ class DailyCap:
 
     async def _add(self, day: str, step: int) -> bool:
         """Move today's count by `step`; False (and no change) if that would pass the cap."""
-        blob = self.container.get_blob_client(f"cost-guard/{day}.json")
-        async with asyncio.timeout(self.timeout), self._turn:
-            return await self._add_to(blob, step)
+        change = _Change(day, step, asyncio.get_running_loop().create_future())
+        self._queue.append(change)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_queued())
+        async with asyncio.timeout(self.timeout):
+            # Given up before the writer took it, a change is dropped; after, it stands. Either
+            # way a request that gave up leaves the count high, never low: fewer pictures, never more.
+            return await change.applied
 
-    async def _add_to(self, blob: BlobClient, step: int) -> bool:
+    async def _write_queued(self) -> None:
+        while self._queue:
+            waiting, self._queue = self._queue, []
+            for day in dict.fromkeys(change.day for change in waiting):
+                changes = [change for change in waiting if change.day == day]
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        await self._apply(day, changes)
+                except Exception as error:  # each waiting request fails with it, as if alone
+                    for change in changes:
+                        if not change.applied.done():
+                            change.applied.set_exception(error)
+
+    async def _apply(self, day: str, changes: list[_Change]) -> None:
+        """One conditional write for all `changes`: give-backs first, then takes while under the cap."""
+        changes = sorted(changes, key=lambda change: change.step > 0)
+        blob = self.container.get_blob_client(f"cost-guard/{day}.json")
         for attempt in range(100):
+            changes = [change for change in changes if not change.applied.done()]  # not given up
+            if not changes:
+                return
             record = await read_record(self.container, blob, _is_count)
             count = record.data["count"] if record.data else 0
-            if step > 0 and count + step > self.cap:
-                return False
-            if await write_record(blob, {"count": max(0, count + step)}, record.etag):
-                return True
+            granted = []
+            for change in changes:
+                fits = change.step < 0 or count + change.step <= self.cap
+                if fits:
+                    count = max(0, count + change.step)
+                granted.append(fits)
+            if await write_record(blob, {"count": count}, record.etag):
+                for change, fits in zip(changes, granted):
+                    if not change.applied.done():
+                        change.applied.set_result(fits)
+                return
             await _contention_pause(attempt)
         raise ApiError.storage_unavailable()
 
@@ -166,6 +200,13 @@ class DailyCap:
         now = self.now()
         midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
         return max(1, int((midnight - now).total_seconds() + 0.999))
+
+
+@dataclass(frozen=True)
+class _Change:
+    day: str
+    step: int  # +1 takes a slot, -1 gives one back
+    applied: asyncio.Future[bool]  # whether it was made: a take over the cap is not
 
 
 def _is_count(data: dict) -> bool:
