@@ -90,6 +90,7 @@ BAD_REQUESTS = [
     pytest.param(body(b'{"prompt": NaN}', code="invalid_prompt"), id="prompt-nan"),
     pytest.param(prompt(""), id="prompt-empty"),
     pytest.param(prompt(" \t\n\r\u00a0\u3000 "), id="prompt-whitespace"),
+    pytest.param(prompt("\u200b\ufeff\u202e \u2060"), id="prompt-zero-width-only"),
     pytest.param(prompt("x" * 4001, "prompt_too_long"), id="prompt-4001-chars"),
     pytest.param(body({"prompt": "x" * (1024 * 1024)}, 413, "payload_too_large"), id="1mb-body"),
     pytest.param(body(b"x" * (5 * 1024 * 1024), 413, "payload_too_large"), id="5mb-body"),

@@ -1,4 +1,4 @@
-from visionary.text import forbidden, shortened, without_forbidden
+from visionary.text import forbidden, shortened, visible, without_forbidden
 
 
 def test_tabs_and_every_kind_of_line_break_are_text():
@@ -17,3 +17,8 @@ def test_a_long_text_is_shortened_at_the_end_of_a_word():
     assert shortened(text, 21) == "A fox curled up in"  # "fresh" would be cut
     assert shortened(text, 29) == "A fox curled up in fresh snow"  # no trailing comma
     assert shortened("Supercalifragilistic", 5) == "Super"  # one long word: cut inside it
+
+
+def test_zero_width_and_direction_marks_alone_show_nothing():
+    assert not visible("\u200b\ufeff \u202e\u2060\t")
+    assert visible("\u200bcat\u200b") and visible("\u0301")  # a combining mark alone is drawn on a dotted circle

@@ -23,7 +23,7 @@ from visionary.guards import Guards, fingerprint
 from visionary.sas import ReadSas
 from visionary.settings import ModelSettings
 from visionary.storage import Gallery, StoredImage
-from visionary.text import forbidden
+from visionary.text import forbidden, visible
 
 if TYPE_CHECKING:  # the providers pull in openai and httpx: loaded on first use, not at start-up
     from visionary.images import GeneratedImage, ImageProvider
@@ -59,7 +59,7 @@ def _prompt(value: object, max_chars: int) -> str:
     if not isinstance(value, str):
         raise ApiError.invalid_prompt('"prompt" must be a string describing the picture.')
     prompt = value.strip()
-    if not prompt:
+    if not visible(prompt):
         raise ApiError.invalid_prompt('"prompt" is empty; describe the picture to draw.')
     if len(prompt) > max_chars:
         raise ApiError.prompt_too_long(max_chars)

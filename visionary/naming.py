@@ -14,6 +14,8 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from visionary.text import visible
+
 PREFIX = "gallery/"
 MAX_TS = 9_999_999_999_999
 MAX_TITLE_CHARS = 120
@@ -63,7 +65,7 @@ def title_from_prompt(prompt: str) -> str:
     text = _SEPARATORS.sub(" ", text)
     text = text.strip()[:MAX_TITLE_CHARS].rstrip()
     # Zero-width characters alone (U+200B, U+2060, ...) would make a title nobody can see.
-    return text if any(unicodedata.category(ch) != "Cf" for ch in text) else UNTITLED
+    return text if visible(text) else UNTITLED
 
 
 # Bidirectional overrides and marks: in a name shown in a list they can make "cat_gnp.exe"

@@ -9,6 +9,8 @@ sent back as a prompt.
 
 from __future__ import annotations
 
+import unicodedata
+
 
 def forbidden(ch: str) -> bool:
     """A control character (C0, DEL, C1) other than tab and the line breaks, or a lone surrogate."""
@@ -16,6 +18,12 @@ def forbidden(ch: str) -> bool:
     if code < 0x20 or 0x7F <= code <= 0x9F:
         return ch not in "\t\n\r\x85"  # U+0085: NEXT LINE, a line break as \n is
     return 0xD800 <= code <= 0xDFFF
+
+
+def visible(text: str) -> bool:
+    """Whether `text` shows anything: zero-width and direction marks (U+200B, U+FEFF,
+    U+202E, ...) and whitespace alone draw nothing, and would be a blank caption."""
+    return any(not ch.isspace() and unicodedata.category(ch) not in ("Cc", "Cf") for ch in text)
 
 
 def without_forbidden(text: str) -> str:
