@@ -127,11 +127,31 @@ async def test_cors_from_local_settings_allows_only_listed_origins(storage_env):
     finally:
         await host.runner.cleanup()
     assert allowed.headers["access-control-allow-origin"] == "https://allowed.example"
-    assert allowed.headers["vary"] == "Origin"  # a cache must not hand this answer to another origin
     assert "access-control-allow-origin" not in other.headers
+    # A cache must not hand the answer for one origin to another, allowed or not.
+    assert allowed.headers["vary"] == other.headers["vary"] == other_preflight.headers["vary"] == "Origin"
     # A preflight from another origin is answered, not handled: 204 without CORS headers.
     assert other_preflight.status_code == 204
     assert not any(name.startswith("access-control-") for name in other_preflight.headers)
+    assert "access-control-allow-credentials" not in allowed.headers  # only when Host.CORSCredentials says so
+
+
+async def test_cors_credentials_are_allowed_for_listed_origins_when_local_settings_say_so(storage_env):
+    host = await start_local_host(HostConfig(cors=("http://localhost:3000",), cors_credentials=True))
+    try:
+        async with httpx.AsyncClient(base_url=host.url) as http:
+            preflight = await http.options(
+                "/api/generateImage",
+                headers={"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST"},
+            )
+            answer = await http.get("/api/getImages", headers={"Origin": "http://localhost:3000"})
+            other = await http.get("/api/getImages", headers={"Origin": "https://other.example"})
+    finally:
+        await host.runner.cleanup()
+    for allowed in (preflight, answer):
+        assert allowed.headers["access-control-allow-credentials"] == "true"
+        assert allowed.headers["access-control-allow-origin"] == "http://localhost:3000"
+    assert not any(name.startswith("access-control-") for name in other.headers)
 
 
 async def test_the_page_and_the_api_description_are_served(http: httpx.AsyncClient):
@@ -149,6 +169,8 @@ async def test_the_page_and_the_api_description_are_served(http: httpx.AsyncClie
         ('{"Values": {"OPENAI_API_KEY": "sk-',  "local.settings.json is not valid JSON"),
         ('["not", "an", "object"]', "local.settings.json must hold a JSON object"),
         ('{"Host": {"CORS": ["*"]}}', '"Host.CORS" and "routePrefix" are strings'),
+        ('{"Host": {"CORSCredentials": "yes"}}', '"Host.CORSCredentials" in local.settings.json must be true or'),
+        ('{"Host": {"CORS": "*", "CORSCredentials": true}}', 'needs the allowed origins listed in "Host.CORS"'),
     ],
 )
 def test_a_local_settings_file_the_host_cannot_read_is_named(tmp_path, text: str, said: str):

@@ -49,6 +49,7 @@ class HostConfig:
     cors: tuple[str, ...] = ("*",)
     values: Mapping[str, str] = field(default_factory=dict)
     port: int = DEFAULT_PORT  # Host.LocalHttpPort; --port wins
+    cors_credentials: bool = False  # Host.CORSCredentials: cookies and auth headers on cross-origin calls
 
     @classmethod
     def load(cls, root: Path = ROOT, settings: Path | None = None) -> HostConfig:
@@ -66,6 +67,7 @@ class HostConfig:
             prefix = host.get("extensions", {}).get("http", {}).get("routePrefix", "api").strip("/")
             cors = tuple(o.strip() for o in local.get("Host", {}).get("CORS", "*").split(",") if o.strip())
             port = local.get("Host", {}).get("LocalHttpPort", DEFAULT_PORT)
+            credentials = local.get("Host", {}).get("CORSCredentials", False)
             values = {k: str(v) for k, v in local.get("Values", {}).items() if v not in (None, "")}
         except AttributeError:  # a list or a number where the host wants an object or a string
             raise HostConfigError(
@@ -75,7 +77,13 @@ class HostConfig:
         # A string as the Functions host reads it too, spaces around it and all.
         if (number := port_number(port.strip() if isinstance(port, str) else port)) is None:
             raise HostConfigError(f'"Host.LocalHttpPort" in {settings.name} must be a port number (1 to 65535).')
-        return cls(prefix, cors, values, number)
+        if not isinstance(credentials, bool):
+            raise HostConfigError(f'"Host.CORSCredentials" in {settings.name} must be true or false.')
+        if credentials and "*" in cors:  # browsers refuse credentials with any origin, and so does Azure
+            raise HostConfigError(
+                f'"Host.CORSCredentials" in {settings.name} needs the allowed origins listed in "Host.CORS", not "*".'
+            )
+        return cls(prefix, cors, values, number, credentials)
 
     def apply_values(self, environ: MutableMapping[str, str] = os.environ) -> None:
         """local.settings.json `Values` become settings; the environment wins."""
@@ -255,10 +263,12 @@ class LocalHost:
                 response.headers["Access-Control-Max-Age"] = "600"
         else:
             response = await handler(request)
+        if "*" not in self.config.cors:  # the answer depends on the origin: a cache must not share it
+            response.headers["Vary"] = "Origin"
         if allowed_origin:
             response.headers["Access-Control-Allow-Origin"] = "*" if "*" in self.config.cors else allowed_origin
-            if "*" not in self.config.cors:
-                response.headers["Vary"] = "Origin"
+            if self.config.cors_credentials:
+                response.headers["Access-Control-Allow-Credentials"] = "true"
         return response
 
 
