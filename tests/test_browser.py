@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import re
 from pathlib import Path
 
 import httpx
@@ -89,3 +90,39 @@ async def test_generate_page_and_see_errors_in_the_gallery(page: Page, served_ap
     await page.click("#generate")
     await expect(page.locator("#error")).to_have_text("The prompt is longer than 4000 characters; shorten it.")
     await expect(gallery).to_have_count(15)
+
+
+async def test_a_tile_whose_link_has_expired_is_signed_again(page: Page, served_app: ServedApp):
+    # A page left open past its links' expiry: storage answers the old link 403. The tile is
+    # drawn again with a fresh SAS; a picture that fails with a fresh link too is shown as broken.
+    await seed(served_app, ["Lighthouse at dusk", "Fox in the snow"])
+    refused: list[str] = []
+
+    async def storage(route: Route) -> None:
+        url = route.request.url
+        if "Lighthouse" in url or not any("Fox" in seen for seen in refused):
+            refused.append(url)
+            await route.fulfill(status=403, content_type="application/xml", body=AUTHENTICATION_FAILED)
+        else:
+            await route.continue_()
+
+    await page.route("**/gallery/**", storage)
+    sas_requests: list[str] = []
+    page.on("request", lambda request: sas_requests.append(request.url) if "/sasToken" in request.url else None)
+    await page.goto(served_app.url + "/")
+
+    fox = page.locator("#gallery li.tile", has=page.locator('img[alt="Fox in the snow"]'))
+    lighthouse = page.locator("#gallery li.tile", has=page.locator('img[alt="Lighthouse at dusk"]'))
+    await expect(fox.locator("img")).to_have_js_property("naturalWidth", 1024)
+    await expect(fox).not_to_have_class(re.compile("is-broken"))
+    await expect(lighthouse).to_have_class(re.compile("is-broken"))
+    assert len(sas_requests) == 1  # one fresh SAS for every tile that needed one
+    assert sum("Lighthouse" in url for url in refused) == 2  # the old link, then one try with the new
+
+
+AUTHENTICATION_FAILED = (
+    '<?xml version="1.0" encoding="utf-8"?><Error><Code>AuthenticationFailed</Code><Message>Server failed to '
+    "authenticate the request. Make sure the value of Authorization header is formed correctly including the "
+    "signature.</Message><AuthenticationErrorDetail>Signed expiry time [Sat, 21 Nov 2026 08:35:00 GMT] must be "
+    "after signed start time [Sat, 21 Nov 2026 09:12:03 GMT]</AuthenticationErrorDetail></Error>"
+)

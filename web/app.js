@@ -6,7 +6,10 @@
 //   3. api (fetch + JSON errors)   6. wiring and start-up
 
 const PAGE_SIZE = 12;
-const TIMEOUT_MS = { default: 30_000, generate: 300_000 }; // a real image model can take a minute
+// Calls that reach the model end within the server's own deadline (220 s by default), which
+// includes the SDK's waits when the model answers 429 with a Retry-After: waiting less would
+// report a timeout in place of the server's answer. Azure drops any request at 230 s.
+const TIMEOUT_MS = { default: 30_000, model: 240_000 };
 
 // ---------------------------------------------------------------------------
 // 1. Settings
@@ -53,6 +56,8 @@ const state = {
   nextCursor: null,
   shownBlobs: new Set(),
   galleryLoaded: false,
+  sas: null, // a promise of the SAS that re-signs expired links (see relink)
+  sasRenewAt: 0,
   loadingPage: false,
   generating: false,
   viewerReturnFocus: null,
@@ -158,7 +163,7 @@ async function errorFromResponse(response) {
 
 const api = {
   /** One prompt suggestion (text/plain). */
-  suggestion: () => request('getChatGPTSuggestion', { as: 'text' }),
+  suggestion: () => request('getChatGPTSuggestion', { as: 'text', timeoutMs: TIMEOUT_MS.model }),
 
   /** One gallery page, newest first: { imageUrls, nextCursor }. */
   images: ({ limit, cursor }) => {
@@ -167,9 +172,12 @@ const api = {
     return request(`getImages?${query}`);
   },
 
+  /** A read-only SAS for the container: { sasToken, containerUrl, expiresOn }. */
+  sas: () => request('sasToken'),
+
   /** Draw and store one picture: the 201 answer. */
   generate: (prompt) =>
-    request('generateImage', { method: 'POST', json: { prompt }, timeoutMs: TIMEOUT_MS.generate }),
+    request('generateImage', { method: 'POST', json: { prompt }, timeoutMs: TIMEOUT_MS.model }),
 };
 
 // ---------------------------------------------------------------------------
@@ -269,7 +277,7 @@ function createTile(image) {
   img.decoding = 'async';
   img.alt = altText(image);
   img.src = image.url;
-  img.addEventListener('error', () => tile.classList.add('is-broken'), { once: true });
+  img.addEventListener('error', () => relink(image, img, tile), { once: true });
 
   const caption = document.createElement('span');
   caption.className = 'caption';
@@ -285,6 +293,38 @@ function createTile(image) {
     }
   });
   return tile;
+}
+
+/**
+ * Links live about half an hour; a page left open longer has tiles whose links have expired
+ * (storage answers 403). Such a tile gets one more try, with a link signed afresh.
+ */
+async function relink(image, img, tile) {
+  try {
+    const sas = await freshSas();
+    const path = image.blob.split('/').map(encodeURIComponent).join('/');
+    image.url = `${sas.containerUrl}/${path}?${sas.sasToken}`; // the viewer opens it too
+    img.addEventListener('error', () => tile.classList.add('is-broken'), { once: true });
+    img.src = image.url;
+  } catch {
+    tile.classList.add('is-broken');
+  }
+}
+
+/** One sasToken request for all the tiles that need it, kept until a minute before it expires. */
+function freshSas() {
+  const now = Date.now();
+  if (!state.sas || now >= state.sasRenewAt) {
+    state.sas = api.sas();
+    state.sasRenewAt = now + 60_000; // until its expiry is known: a failed request is tried again
+    state.sas.then(
+      (sas) => {
+        state.sasRenewAt = Date.parse(sas.expiresOn) - 60_000 || now;
+      },
+      () => {},
+    );
+  }
+  return state.sas;
 }
 
 /** Add images not shown yet (by blob), at the end or at the start of the grid, in order. */
