@@ -6,7 +6,8 @@ import pytest
 from tests.azurite import free_port
 from tests.conftest import Api, blob_names
 from tests.openai_server import OpenAIServer
-from visionary.models import DEFAULT_RETRY_AFTER_SECONDS, MAX_RETRY_AFTER_SECONDS, retry_after
+from visionary.models import DEFAULT_RETRY_AFTER_SECONDS, MAX_RETRY_AFTER_SECONDS, open_service, retry_after
+from visionary.settings import Settings
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
 
@@ -95,3 +96,16 @@ async def test_an_answer_that_breaks_the_protocol_is_the_model_services_error(
     for answer in (await api.suggest(), await api.generate({"prompt": "A lighthouse"})):
         assert (answer.status, answer.json()["code"]) == (502, "upstream_error"), answer.body
     assert await blob_names(container) == []
+
+
+async def test_a_blank_base_url_setting_means_openai_itself(monkeypatch):
+    # An app setting left blank (local.settings.example.json has one): the SDK, left to read
+    # the variable itself, took "" as its base URL and every call failed as unreachable.
+    monkeypatch.setenv("OPENAI_BASE_URL", "")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("VISIONARY_PROVIDER", "openai")
+    service = open_service(Settings.from_env().require_models())
+    try:
+        assert str(service.client.base_url) == "https://api.openai.com/v1/"
+    finally:
+        await service.close()

@@ -29,6 +29,9 @@ from visionary.settings import ModelSettings
 log = logging.getLogger("visionary")
 
 AZURE_SCOPE = "https://cognitiveservices.azure.com/.default"
+# Passed always: given None, the SDK reads OPENAI_BASE_URL itself, and an empty one (as in
+# local.settings.example.json, or an app setting left blank) would be its base URL.
+OPENAI_BASE_URL = "https://api.openai.com/v1"
 # When a model's 429 names no usable wait, or an absurd one: what our callers are told.
 DEFAULT_RETRY_AFTER_SECONDS = 10
 MAX_RETRY_AFTER_SECONDS = 24 * 60 * 60
@@ -79,7 +82,9 @@ def open_service(settings: ModelSettings) -> ModelService:
     if settings.provider != "azure":
         # A compatible server may need no key at all; the SDK insists on one.
         client = openai.AsyncOpenAI(
-            api_key=settings.openai_api_key or "not-needed", base_url=settings.openai_base_url, **common
+            api_key=settings.openai_api_key or "not-needed",
+            base_url=settings.openai_base_url or OPENAI_BASE_URL,
+            **common,
         )
         return ModelService(client)
     if settings.azure_endpoint is None:  # Settings.require_models() names the missing setting first
