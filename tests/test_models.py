@@ -80,6 +80,8 @@ async def test_a_model_that_answers_too_late_is_still_a_timeout(api: Api, openai
     "raw_answer",
     [
         ("<!doctype html><title>Bad gateway</title>", "text/html"),
+        ("upstream overloaded", "application/json"),  # not JSON, though it says so
+        ('{"data": [{"b64_json": "iVBOR', "application/json"),  # cut short
         ("null", "application/json"),
         ("[]", "application/json"),
         ('{"data": "x", "choices": "x"}', "application/json"),

@@ -111,7 +111,7 @@ def parse_json(body: bytes) -> Any:
     try:
         return pydantic_core.from_json(body)
     except ValueError:
-        return json.loads(body)  # not JSON at all: a ValueError, the model's error
+        return json.loads(body)  # not JSON at all: UNREADABLE_JSON, the model's error
 
 
 def _first_picture(answer: Any) -> tuple[str | None, str | None, str | None]:
@@ -144,7 +144,7 @@ async def download(client: httpx.AsyncClient, url: str) -> bytes:
             if response.status_code != 200:
                 raise _broken_link()
             declared = response.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > MAX_IMAGE_BYTES:
+            if declared and declared.isdecimal() and int(declared) > MAX_IMAGE_BYTES:
                 raise _too_large()
             chunks, size = [], 0
             async for chunk in response.aiter_bytes():

@@ -8,6 +8,7 @@ first use only (it pulls in openai), never when the app starts.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import re
@@ -39,6 +40,9 @@ T = TypeVar("T")
 # What reading an answer's fields can raise: the SDK does not validate answers, so a
 # compatible server's any JSON (or HTML) reaches its callers as it came.
 MALFORMED_ANSWER = (AttributeError, TypeError, IndexError, KeyError)
+# An answer that is not JSON at all (or not UTF-8), or JSON nested too deep to read. Narrower
+# than ValueError: a ValueError of our own is a bug, to be seen (500, traceback), not the model's.
+UNREADABLE_JSON = (json.JSONDecodeError, UnicodeDecodeError, RecursionError)
 _ERROR_CODE = re.compile(r"\d{3}|[A-Za-z][A-Za-z_]{0,39}")
 
 
@@ -143,8 +147,7 @@ async def call_model(
             "The app could not sign in to Azure OpenAI with its managed identity; "
             "check the identity and its Cognitive Services OpenAI User role, or set AZURE_OPENAI_API_KEY."
         ) from None
-    except (openai.APIConnectionError, openai.APIResponseValidationError, ValueError, RecursionError) as error:
-        # ValueError: an answer that is not JSON at all; RecursionError: JSON nested too deep to read.
+    except (openai.APIConnectionError, openai.APIResponseValidationError, *UNREADABLE_JSON) as error:
         log.warning("model call failed: %s", type(error).__name__)
         raise ApiError.upstream_error() from None
 
