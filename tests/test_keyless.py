@@ -26,7 +26,7 @@ from tests.conftest import ROOT_ENV
 from tests.identity import self_signed_certificate
 from tests.openai_server import OpenAIServer
 from tests.served import ServedApp
-from visionary.sas import SasPolicy, UserDelegationSigner
+from visionary.sas import CLOCK_SKEW, SasPolicy, UserDelegationSigner
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +150,26 @@ async def test_a_key_refresh_that_fails_is_tried_again_not_papered_over(
             os.kill(oauth_azurite.process.pid, signal.SIGCONT)
         link = parse_qs((await signer.sign()).token)
     assert link["ske"][0] >= link["se"][0]  # signed with a key that outlives the link
+
+
+async def test_a_delegation_key_lives_from_the_start_of_the_links_it_signs(
+    oauth_azurite: Azurite, tls, model_server: OpenAIServer, monkeypatch
+):
+    # Late in a five-minute step, the step's links start up to ten minutes back (the step's
+    # start, less the clock skew allowance); a key from "now less five minutes" began after them.
+    monkeypatch.setenv("IDENTITY_ENDPOINT", f"{model_server.url}/msi/token")
+    monkeypatch.setenv("IDENTITY_HEADER", model_server.identity_header)
+    policy = SasPolicy(ACCOUNT, "images", f"{oauth_azurite.blob_endpoint}/images", ttl=timedelta(minutes=30))
+    link_start, _ = policy.window(datetime.now(timezone.utc))
+    late_in_the_step = link_start + CLOCK_SKEW + policy.step - timedelta(seconds=20)
+    credential = ManagedIdentityCredential()
+    service = BlobServiceClient(oauth_azurite.blob_endpoint, credential, connection_verify=str(tls[0]))
+    async with credential, service:
+        signer = UserDelegationSigner(policy, service, clock=lambda: late_in_the_step)
+        link = {name: values[0] for name, values in parse_qs((await signer.sign()).token).items()}
+    key_life = _utc(link["skt"]), _utc(link["ske"])
+    assert key_life[0] <= _utc(link["st"]) < _utc(link["se"]) <= key_life[1]
+
+
+def _utc(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))

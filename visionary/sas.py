@@ -153,17 +153,19 @@ class UserDelegationSigner:
 
     async def sign(self) -> ReadSas:
         start, expiry = self._policy.window(self._clock())
-        key = await self._delegation_key(needed_until=expiry)
+        key = await self._delegation_key(start, needed_until=expiry)
         return self._policy.read_sas(start, expiry, user_delegation_key=key)
 
-    async def _delegation_key(self, needed_until: datetime) -> UserDelegationKey:
+    async def _delegation_key(self, start: datetime, needed_until: datetime) -> UserDelegationKey:
+        """A key whose life covers the link's: from `start` (the window's, which later links
+        only move on from) to past `needed_until`."""
         async with self._lock:  # one fetch, however many requests need a key at once
             now = self._clock()
             if self._key is None or now >= self._key_expiry - DELEGATION_KEY_MARGIN or needed_until > self._key_expiry:
                 expiry = (needed_until + DELEGATION_KEY_SPARE).replace(microsecond=0)
                 # Key and expiry change together, once storage has answered: a failed or
                 # cancelled fetch leaves the old pair, so the next link fetches again.
-                self._key = await self._service.get_user_delegation_key(now - CLOCK_SKEW, expiry)
+                self._key = await self._service.get_user_delegation_key(start, expiry)
                 self._key_expiry = expiry
             return self._key
 
