@@ -13,7 +13,7 @@ import pytest
 from tests.azurite import ROOT, Azurite, free_port, stop_process, wait_until_listening
 from tests.conftest import start_local_host
 from tests.served import ROOT_ENV, ServedApp
-from visionary.localhost import HostConfig, HostConfigError, routes_of
+from visionary.localhost import MAX_BODY_BYTES, HostConfig, HostConfigError, routes_of
 
 
 async def test_the_node_frontends_calls_work_in_lower_case(http: httpx.AsyncClient, offline_env):
@@ -83,8 +83,8 @@ async def test_a_request_too_long_to_parse_is_logged_without_its_content(local_h
     assert "SECRET" not in caplog.text and "LineTooLong" in record.getMessage()
 
 
-async def test_the_body_cap_is_a_413_json(http: httpx.AsyncClient):
-    answer = await http.post("/api/generateImage", content=b"x" * (5 * 1024 * 1024))
+async def test_the_hosts_body_cap_is_a_413_json(http: httpx.AsyncClient):
+    answer = await http.post("/api/generateImage", content=b"x" * (MAX_BODY_BYTES + 1))
     assert answer.status_code == 413
     assert answer.json()["code"] == "payload_too_large"
 

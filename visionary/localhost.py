@@ -33,7 +33,7 @@ log = logging.getLogger("visionary.localhost")
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PORT = 7071  # the Functions host's
-MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_BODY_BYTES = 100 * 1024 * 1024  # the Functions host's limit for an HTTP request; the app's own is far lower
 # aiohttp refuses request lines and header values over 8 KB itself, in plain text, before
 # any handler runs; these limits let the app answer long cursors and keys with its JSON errors.
 # Bodies reach the handler as sent, Content-Encoding and all, as the Functions host passes them
