@@ -24,7 +24,10 @@ def client_id(environ: Mapping[str, str]) -> str | None:
     return None
 
 
-def managed_identity(client_id: str | None) -> DefaultAzureCredential:
+def azure_credential(client_id: str | None) -> DefaultAzureCredential:
+    """The chain of sign-ins azure-identity tries in turn: the managed identity on Azure, `az login`
+    on a workstation. On Azure, AZURE_TOKEN_CREDENTIALS=ManagedIdentityCredential (an app setting)
+    narrows it to the managed identity alone, as Microsoft advises for production."""
     from azure.identity.aio import DefaultAzureCredential
 
     # managed_identity_client_id=None would override the SDK's own AZURE_CLIENT_ID default.

@@ -24,7 +24,7 @@ from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import ClientAuthenticationError
 
 from visionary.errors import ApiError
-from visionary.identity import managed_identity
+from visionary.identity import azure_credential
 from visionary.settings import ModelSettings
 
 log = logging.getLogger("visionary")
@@ -100,7 +100,7 @@ def open_service(settings: ModelSettings) -> ModelService:
         return ModelService(openai.AsyncAzureOpenAI(api_key=settings.azure_api_key, **azure))
     from azure.identity.aio import get_bearer_token_provider
 
-    credential = managed_identity(settings.client_id)
+    credential = azure_credential(settings.client_id)
     token_provider = get_bearer_token_provider(credential, AZURE_SCOPE)
     return ModelService(openai.AsyncAzureOpenAI(azure_ad_token_provider=token_provider, **azure), credential)
 

@@ -32,7 +32,7 @@ from azure.storage.blob.aio import BlobServiceClient, ContainerClient, LinearRet
 from visionary import naming
 from visionary.cursors import decode_cursor, encode_cursor, invalid_cursor
 from visionary.errors import ApiError
-from visionary.identity import managed_identity
+from visionary.identity import azure_credential
 from visionary.sas import AccountKeySigner, ReadSas, ReadSigner, SasPolicy, UserDelegationSigner
 from visionary.settings import StorageSettings
 
@@ -127,7 +127,7 @@ class Gallery:
 
     @classmethod
     def from_settings(cls, settings: StorageSettings) -> Gallery:
-        credential = managed_identity(settings.client_id) if settings.account_url else None
+        credential = azure_credential(settings.client_id) if settings.account_url else None
         service = open_service_client(settings, credential)
         container = service.get_container_client(settings.container)
         key = getattr(service.credential, "account_key", None)
