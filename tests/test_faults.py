@@ -11,6 +11,7 @@ import signal
 import time
 
 import pytest
+from azure.storage.blob.aio import BlobServiceClient
 
 from tests.azurite import Azurite, free_port
 from tests.conftest import Api, png_bytes
@@ -110,6 +111,28 @@ async def test_a_storage_outage_during_cleanup_keeps_the_requests_own_error(
     finally:
         os.kill(own_azurite.process.pid, signal.SIGCONT)
     assert answer.status == 400 and answer.json()["code"] == "content_policy_violation"
+
+
+async def test_after_a_failed_upload_storage_must_answer_before_the_model_is_paid_again(
+    api: Api, own_azurite: Azurite, model_server, monkeypatch, container_name: str
+):
+    # Storage away (or refusing a rotated key) while links are signed with a key: nothing
+    # touches storage before the model, so every request paid for a picture it could not keep.
+    monkeypatch.setenv("VISIONARY_PROVIDER", "openai")
+    monkeypatch.setenv("OPENAI_BASE_URL", f"{model_server.url}/v1")
+    assert (await api.generate({"prompt": "before the outage"})).status == 201
+    os.kill(own_azurite.process.pid, signal.SIGSTOP)
+    try:
+        lost = await api.generate({"prompt": "drawn, then lost"})
+        refused = await api.generate({"prompt": "not drawn"})
+    finally:
+        os.kill(own_azurite.process.pid, signal.SIGCONT)
+    assert [answer.status for answer in (lost, refused)] == [503, 503]
+    assert len(model_server.model_calls()) == 2  # the first picture, and the one lost
+    async with BlobServiceClient.from_connection_string(own_azurite.connection_string) as service:
+        await service.delete_container(container_name)  # storage answers, if only "no container"
+    assert (await api.generate({"prompt": "after the outage"})).status == 201
+    assert len(model_server.model_calls()) == 3
 
 
 async def test_a_burst_at_a_frozen_count_fails_within_the_timeout_and_the_next_one_counts(

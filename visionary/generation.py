@@ -110,6 +110,7 @@ async def generate_image(
     # The link is signed first: a delegation key storage refuses must fail the request before
     # the model is paid and anything is stored. Its lifetime counts from here.
     sas = await gallery.sign()
+    await gallery.check_after_failure()  # and storage, after a failed upload, must answer first
 
     async def draw_and_store() -> dict:
         async with guards.cap.slot() if guards.cap else nullcontext():

@@ -124,6 +124,7 @@ class Gallery:
         self.timeout = timeout  # a deadline for each storage operation, retries included
         self._credential = credential
         self._cleanups: set[asyncio.Task] = set()
+        self._upload_failed = False  # the last upload failed: storage may be away, or refuse us
 
     @classmethod
     def from_settings(cls, settings: StorageSettings) -> Gallery:
@@ -191,13 +192,31 @@ class Gallery:
         attempts: list[naming.BlobName] = []
         try:
             async with asyncio.timeout(self.timeout):
-                return await self._upload_unique(name, data, prompt, revised_prompt, model, upload_id, attempts)
+                stored = await self._upload_unique(name, data, prompt, revised_prompt, model, upload_id, attempts)
         except (TimeoutError, AzureError):
+            self._upload_failed = True
             # Storage may still apply a request we gave up on: a picture would then
             # appear although its request failed. Remove it once storage answers again.
             if attempts:
                 self._remove_later(attempts[-1], upload_id)
             raise
+        self._upload_failed = False
+        return stored
+
+    async def check_after_failure(self) -> None:
+        """Before a model is paid for a picture: after a failed upload, storage must answer first.
+
+        So an outage, or a key that storage no longer takes, costs one lost picture rather than
+        one a request; while uploads succeed, this asks storage nothing.
+        """
+        if not self._upload_failed:
+            return
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self.container.get_container_properties()
+        except ResourceNotFoundError:
+            pass  # no container yet: storage answers, and the upload creates it
+        self._upload_failed = False
 
     async def _upload_unique(
         self,
