@@ -41,7 +41,8 @@ CACHE_CONTROL = "public, max-age=31536000, immutable"
 CLEANUP_PAUSES = (1, 2, 4, 8, 15, 30, 60, 120)
 MAX_CLASH_RETRIES = 50
 ACCOUNT_NAME = re.compile(r"[a-z0-9]{3,24}")  # what Azure allows; Azurite's devstoreaccount1 too
-# Azure caps all metadata of a blob at 8 KiB; keep a margin for names and framing.
+# Azure caps all metadata of a blob (names and values) at 8 KiB. The 192 left over hold what
+# is added outside the budget: `upload_id` (41 characters) and `prompt_truncated` (20).
 METADATA_BUDGET = 8000
 TRUNCATED = "\u2026"  # "…", what ends a listed prompt that was stored cut
 
