@@ -4,11 +4,13 @@ Storage may apply a write and the answer still never reach the app (a dropped co
 Azure's 500 OperationTimedOut, "may have succeeded"). The storage SDK then retries the same
 request, and storage answers the retry as a conflict with the write it has already made.
 `lose_answer` makes that happen on purpose: the matching request goes on to Azurite, and
-the app gets a 500 in place of Azurite's answer.
+the app gets a 500 in place of Azurite's answer. `delay_answer` holds Azurite's answer back
+instead: the write is made at once, and its answer may come after the app has given up.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 
@@ -25,6 +27,7 @@ class _Loss:
     path: re.Pattern[str]
     conditional: bool | None  # only writes with If-Match (True), only without (False), either (None)
     count: int
+    delay: float | None = None  # None: the answer is lost; else it comes this many seconds late
 
 
 class LossyStorage:
@@ -46,6 +49,12 @@ class LossyStorage:
     def lose_answer(self, method: str, path: str, conditional: bool | None = None, count: int = 1) -> None:
         """Apply the next `count` requests like these, and answer each with a 500 instead."""
         self.losses.append(_Loss(method, re.compile(path), conditional, count))
+
+    def delay_answer(
+        self, method: str, path: str, seconds: float, conditional: bool | None = None, count: int = 1
+    ) -> None:
+        """Apply the next `count` requests like these at once, and answer each `seconds` late."""
+        self.losses.append(_Loss(method, re.compile(path), conditional, count, seconds))
 
     async def start(self) -> LossyStorage:
         self._session = ClientSession(auto_decompress=False)
@@ -86,7 +95,9 @@ class LossyStorage:
             skip_auto_headers=("Content-Type", "User-Agent", "Accept-Encoding", "Accept"),
         ) as answer:
             data = await answer.read()
-            if loss is not None:
+            if loss is not None and loss.delay is not None:
+                await asyncio.sleep(loss.delay)
+            elif loss is not None:
                 self.lost.append(f"{request.method} {request.path}")
                 return web.Response(
                     status=500, text="<Error><Code>OperationTimedOut</Code></Error>",

@@ -119,6 +119,52 @@ async def test_a_count_change_whose_answer_was_lost_is_made_once(
     assert len(lossy_storage.lost) == 2
 
 
+async def day_count(azurite: Azurite, container_name: str) -> int:
+    async with system_container(azurite, container_name) as records:
+        [day] = await blob_names(records, "cost-guard/")
+        return json.loads(await (await records.download_blob(day)).readall())["count"]
+
+
+async def test_slots_taken_for_requests_that_stopped_waiting_are_given_back(
+    lossy_storage: LossyStorage, azurite: Azurite, container_name: str
+):
+    # The count's writes answer 0.6 s late and a change may take 1 s: the first request gets
+    # its slot; ten behind it stop waiting (503) while their write is on its way, and lands.
+    async with open_service_client(Settings.from_env().require_storage()) as service:
+        cap = DailyCap(service.get_container_client(container_name), 100, timeout=1)
+        lossy_storage.delay_answer("PUT", "/cost-guard/", 0.6, count=2)
+        first = asyncio.create_task(generation(cap))
+        await asyncio.sleep(0.2)  # its write is on its way
+        statuses = await asyncio.gather(*[generation(cap) for _ in range(10)], return_exceptions=True)
+        assert await first == 201 and all(isinstance(status, TimeoutError) for status in statuses)
+        await asyncio.sleep(1.0)  # their write's answer, then the give-back
+        assert await day_count(azurite, container_name) == 1
+
+
+async def test_a_write_whose_answer_never_came_but_landed_is_given_back(
+    lossy_storage: LossyStorage, azurite: Azurite, container_name: str
+):
+    # The answer comes after the writer itself gave up: the next read finds the write landed.
+    async with open_service_client(Settings.from_env().require_storage()) as service:
+        cap = DailyCap(service.get_container_client(container_name), 100, timeout=1)
+        assert await generation(cap) == 201
+        lossy_storage.delay_answer("PUT", "/cost-guard/", 2.0, conditional=True)
+        statuses = await asyncio.gather(*[generation(cap) for _ in range(5)], return_exceptions=True)
+        assert all(isinstance(status, TimeoutError) for status in statuses)
+        assert await day_count(azurite, container_name) == 6  # storage made the write
+        assert await generation(cap) == 201
+        assert await day_count(azurite, container_name) == 2  # the five told 503 hold no slot
+
+
+async def test_refusals_at_the_cap_write_nothing(container: ContainerClient):
+    cap = DailyCap(container, 1)
+    assert await generation(cap) == 201
+    [day] = await blob_names(container, "cost-guard/")
+    etag = (await container.get_blob_client(day).get_blob_properties()).etag
+    assert await asyncio.gather(*[generation(cap) for _ in range(30)]) == [429] * 30
+    assert (await container.get_blob_client(day).get_blob_properties()).etag == etag
+
+
 async def test_the_cap_counts_per_utc_day_and_its_retry_after_reaches_midnight(container: ContainerClient):
     now = datetime(2026, 3, 1, 23, 59, 30, tzinfo=timezone.utc)
     cap = DailyCap(container, 1, now=lambda: now)

@@ -45,6 +45,7 @@ IDEMPOTENCY_WINDOW = timedelta(hours=24)
 class Record:
     data: dict | None  # None: no record yet, or none this app can read
     etag: str | None
+    write_id: str | None = None  # the write that made it (see write_record)
 
 
 async def read_record(container: ContainerClient, blob: BlobClient, well_formed: Callable[[dict], bool]) -> Record:
@@ -66,10 +67,10 @@ async def read_record(container: ContainerClient, blob: BlobClient, well_formed:
     if not (isinstance(data, dict) and well_formed(data)):
         log.error("%s/%s is not a record this app wrote; it will be replaced", blob.container_name, blob.blob_name)
         data = None
-    return Record(data, download.properties.etag)
+    return Record(data, download.properties.etag, download.properties.metadata.get("write_id"))
 
 
-async def write_record(blob: BlobClient, data: dict, etag: str | None) -> str | None:
+async def write_record(blob: BlobClient, data: dict, etag: str | None, write_id: str | None = None) -> str | None:
     """Write only if the record is still as read (etag), or still absent (None).
 
     The new ETag; None when another writer got there first: the caller reads again.
@@ -77,7 +78,7 @@ async def write_record(blob: BlobClient, data: dict, etag: str | None) -> str | 
     body = json.dumps(data, separators=(",", ":"))
     # Names this write: when storage made it but its answer was lost, the SDK's retry meets
     # it as a conflict, and only this tells our own write from another writer's.
-    write = {"write_id": uuid.uuid4().hex}
+    write = {"write_id": write_id or uuid.uuid4().hex}
     try:
         if etag is None:
             written = await blob.upload_blob(body, overwrite=False, metadata=write)
@@ -127,6 +128,8 @@ class DailyCap:
         # each, 640 over eight processes ran half past the storage timeout.)
         self._queue: list[_Change] = []
         self._writer: asyncio.Task[None] | None = None
+        self._in_flight: _Write | None = None  # the write on its way
+        self._unanswered: _Write | None = None  # a write whose answer never came: it may have landed
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -149,14 +152,14 @@ class DailyCap:
 
     async def _add(self, day: str, step: int) -> bool:
         """Move today's count by `step`; False (and no change) if that would pass the cap."""
-        change = _Change(day, step, asyncio.get_running_loop().create_future())
-        self._queue.append(change)
+        applied: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Change(day, step, applied))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_queued())
         async with asyncio.timeout(self.timeout):
-            # Given up before the writer took it, a change is dropped; after, it stands. Either
-            # way a request that gave up leaves the count high, never low: fewer pictures, never more.
-            return await change.applied
+            # Given up before the writer took it, a change is dropped; a take given up while
+            # its write was on the way is given back once that write is known to have landed.
+            return await applied
 
     async def _write_queued(self) -> None:
         while self._queue:
@@ -167,30 +170,48 @@ class DailyCap:
                     async with asyncio.timeout(self.timeout):
                         await self._apply(day, changes)
                 except Exception as error:  # each waiting request fails with it, as if alone
+                    # A write sent without an answer may still land: the next read tells.
+                    self._unanswered, self._in_flight = self._in_flight or self._unanswered, None
                     for change in changes:
-                        if not change.applied.done():
-                            change.applied.set_exception(error)
+                        change.fail(error)
 
     async def _apply(self, day: str, changes: list[_Change]) -> None:
         """One conditional write for all `changes`: give-backs first, then takes while under the cap."""
         changes = sorted(changes, key=lambda change: change.step > 0)
         blob = self.container.get_blob_client(f"cost-guard/{day}.json")
+        landed = 0  # slots taken by an unanswered write of ours that did land, for requests told 503
         for attempt in range(100):
-            changes = [change for change in changes if not change.applied.done()]  # not given up
-            if not changes:
-                return
+            changes = [change for change in changes if change.wanted]
             record = await read_record(self.container, blob, _is_count)
-            count = record.data["count"] if record.data else 0
+            unanswered = self._unanswered
+            if unanswered and unanswered.day == day and record.write_id == unanswered.write_id:
+                landed = unanswered.takes
+            if not changes and not landed:
+                return
+            count = max(0, (record.data["count"] if record.data else 0) - landed)
             granted = []
             for change in changes:
                 fits = change.step < 0 or count + change.step <= self.cap
                 if fits:
                     count = max(0, count + change.step)
                 granted.append(fits)
-            if await write_record(blob, {"count": count}, record.etag):
+            if not landed and not any(granted):  # refusals alone: the count stays as it is
+                for change in changes:
+                    change.settle(False)
+                return
+            takes = sum(change.step for change, fits in zip(changes, granted) if fits and change.step > 0)
+            self._in_flight = _Write(day, uuid.uuid4().hex, takes)
+            written = await write_record(blob, {"count": count}, record.etag, self._in_flight.write_id)
+            self._in_flight = None
+            if written:
+                if unanswered and unanswered.day == day:
+                    self._unanswered = None  # looked at: given back, or it never landed
+                given_up = 0  # slots taken for requests that stopped waiting (they heard 503)
                 for change, fits in zip(changes, granted):
-                    if not change.applied.done():
-                        change.applied.set_result(fits)
+                    if not change.settle(fits) and fits and change.step > 0:
+                        given_up += change.step
+                if given_up:
+                    self._queue.append(_Change(day, -given_up))
                 return
             await _contention_pause(attempt)
         raise ApiError.storage_unavailable()
@@ -204,8 +225,31 @@ class DailyCap:
 @dataclass(frozen=True)
 class _Change:
     day: str
-    step: int  # +1 takes a slot, -1 gives one back
-    applied: asyncio.Future[bool]  # whether it was made: a take over the cap is not
+    step: int  # +1 takes a slot, -n gives n back
+    applied: asyncio.Future[bool] | None = None  # whether it was made; None: the cap's own give-back
+
+    @property
+    def wanted(self) -> bool:
+        """Still to be made: its request waits for it (or it is the cap's own)."""
+        return self.applied is None or not self.applied.done()
+
+    def settle(self, made: bool) -> bool:
+        """Tell the request; False if it has stopped waiting."""
+        if self.applied is None or self.applied.done():
+            return self.applied is None
+        self.applied.set_result(made)
+        return True
+
+    def fail(self, error: Exception) -> None:
+        if self.applied is not None and not self.applied.done():
+            self.applied.set_exception(error)
+
+
+@dataclass(frozen=True)
+class _Write:
+    day: str
+    write_id: str
+    takes: int  # slots it took: given back if it landed without an answer, as its requests heard 503
 
 
 def _is_count(data: dict) -> bool:
