@@ -53,7 +53,7 @@ async def _overhead(azurite: Azurite, model_url: str, image: bytes) -> None:
 
     import function_app
     from visionary import clients
-    from visionary.images import parse_json
+    from visionary.models import parse_json
 
     handler = {f.get_function_name(): f for f in function_app.app.get_functions()}["generateImage"]
     handler = handler.get_user_function()

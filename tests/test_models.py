@@ -6,7 +6,8 @@ import pytest
 from tests.azurite import free_port
 from tests.conftest import Api, blob_names
 from tests.openai_server import OpenAIServer
-from visionary.models import DEFAULT_RETRY_AFTER_SECONDS, MAX_RETRY_AFTER_SECONDS, open_service, retry_after
+from visionary.errors import ApiError
+from visionary.models import DEFAULT_RETRY_AFTER_SECONDS, MAX_RETRY_AFTER_SECONDS, open_service, parse_json, retry_after
 from visionary.settings import Settings
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
@@ -82,6 +83,7 @@ async def test_a_model_that_answers_too_late_is_still_a_timeout(api: Api, openai
         ("<!doctype html><title>Bad gateway</title>", "text/html"),
         ("upstream overloaded", "application/json"),  # not JSON, though it says so
         ('{"data": [{"b64_json": "iVBOR', "application/json"),  # cut short
+        ('{"created": ' + "1" * 5000 + ', "data": [], "choices": []}', "application/json"),  # past int() digits
         ("null", "application/json"),
         ("[]", "application/json"),
         ('{"data": "x", "choices": "x"}', "application/json"),
@@ -111,3 +113,13 @@ async def test_a_blank_base_url_setting_means_openai_itself(monkeypatch):
         assert str(service.client.base_url) == "https://api.openai.com/v1/"
     finally:
         await service.close()
+
+
+def test_a_model_answer_is_read_whatever_json_allows():
+    assert parse_json(b'{"data": [{"b64_json": "iVBORw0KGgo="}]}') == {"data": [{"b64_json": "iVBORw0KGgo="}]}
+    # Lone surrogates are JSON, which pydantic-core refuses: the standard library reads them.
+    assert parse_json(b'{"data": [{"revised_prompt": "a \\ud800 b"}]}') == {"data": [{"revised_prompt": "a \ud800 b"}]}
+    for unreadable in (b"<!doctype html><title>Bad gateway</title>", b'{"n": ' + b"1" * 5000 + b"}", b"\xff\xfe"):
+        with pytest.raises(ApiError) as raised:
+            parse_json(unreadable)
+        assert (raised.value.status, raised.value.code) == (502, "upstream_error")

@@ -16,10 +16,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import TypedDict, TypeVar
+from typing import Any, TypedDict, TypeVar
 
 import aiohttp
 import openai
+import pydantic_core
 from azure.core.credentials_async import AsyncTokenCredential
 from azure.core.exceptions import ClientAuthenticationError
 
@@ -40,9 +41,6 @@ T = TypeVar("T")
 # What reading an answer's fields can raise: the SDK does not validate answers, so a
 # compatible server's any JSON (or HTML) reaches its callers as it came.
 MALFORMED_ANSWER = (AttributeError, TypeError, IndexError, KeyError)
-# An answer that is not JSON at all (or not UTF-8), or JSON nested too deep to read. Narrower
-# than ValueError: a ValueError of our own is a bug, to be seen (500, traceback), not the model's.
-UNREADABLE_JSON = (json.JSONDecodeError, UnicodeDecodeError, RecursionError)
 _ERROR_CODE = re.compile(r"\d{3}|[A-Za-z][A-Za-z_]{0,39}")
 
 
@@ -147,9 +145,30 @@ async def call_model(
             "The app could not sign in to Azure OpenAI with its managed identity; "
             "check the identity and its Cognitive Services OpenAI User role, or set AZURE_OPENAI_API_KEY."
         ) from None
-    except (openai.APIConnectionError, openai.APIResponseValidationError, *UNREADABLE_JSON) as error:
+    except (openai.APIConnectionError, openai.APIResponseValidationError) as error:
         log.warning("model call failed: %s", type(error).__name__)
         raise ApiError.upstream_error() from None
+
+
+def parse_json(body: bytes) -> Any:
+    """A model's JSON answer, parsed by pydantic-core (the SDK's own models stand on it).
+
+    The SDK parses with `json.loads`: 2 ms of a 2 MB answer, on the event loop, where
+    pydantic-core takes 0.25 ms. It refuses lone surrogates, which JSON allows and
+    `json.loads` keeps (model text is cleaned of them later); only such answers take it.
+    Whatever neither reads (not JSON, not UTF-8, nested too deep, a number of 5,000 digits)
+    is the model service's error. Parsed here rather than by the SDK, so that a ValueError
+    anywhere else is ours: a 500 with its traceback, not hidden as the model's.
+    """
+    try:
+        return pydantic_core.from_json(body)
+    except ValueError:
+        pass
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as error:
+        log.warning("model answer unreadable: %s", type(error).__name__)
+        raise ApiError.upstream_error("The model service sent an answer that is not JSON.") from None
 
 
 def _unreachable(error: openai.APITimeoutError) -> aiohttp.ClientConnectionError | None:

@@ -7,15 +7,14 @@ word lists.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from visionary.errors import ApiError
-from visionary.models import MALFORMED_ANSWER, call_model
+from visionary.models import MALFORMED_ANSWER, call_model, parse_json
 from visionary.text import without_forbidden
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
-    from openai.types.chat import ChatCompletion
 
 # Reasoning models spend part of this budget thinking; the prompt itself is short.
 MAX_COMPLETION_TOKENS = 1000
@@ -51,14 +50,7 @@ class ChatSuggestions:
 
     async def suggest(self) -> str:
         completion = await call_model(
-            lambda: self._client.chat.completions.create(
-                model=self._model,
-                messages=[
-                    {"role": "system", "content": INSTRUCTIONS},
-                    {"role": "user", "content": REQUEST},
-                ],
-                max_completion_tokens=MAX_COMPLETION_TOKENS,
-            ),
+            self._ask,
             self._deadline,
             # Our own request was refused, not the user's words: nothing for them to rephrase.
             refused=lambda: ApiError.upstream_error("The chat model declined to suggest a prompt; try again."),
@@ -67,11 +59,23 @@ class ChatSuggestions:
             raise ApiError.upstream_error("The chat model gave no suggestion; try again.")
         return text
 
+    async def _ask(self) -> Any:
+        # The SDK asks (its retries, sign-in and errors); the answer's bytes are parsed here.
+        answer = await self._client.chat.completions.with_raw_response.create(
+            model=self._model,
+            messages=[
+                {"role": "system", "content": INSTRUCTIONS},
+                {"role": "user", "content": REQUEST},
+            ],
+            max_completion_tokens=MAX_COMPLETION_TOKENS,
+        )
+        return parse_json(answer.content)
 
-def _first_text(completion: ChatCompletion) -> str:
-    """The first choice's text, cleaned; empty when there is none (or the answer is malformed)."""
+
+def _first_text(completion: Any) -> str:
+    """The first choice's text, cleaned; empty when there is none (the answer may be any JSON)."""
     try:
-        content = completion.choices[0].message.content
+        content = completion["choices"][0]["message"]["content"]
     except MALFORMED_ANSWER:
         return ""
     return clean(content) if isinstance(content, str) else ""
