@@ -21,4 +21,6 @@ def test_a_long_text_is_shortened_at_the_end_of_a_word():
 
 def test_zero_width_and_direction_marks_alone_show_nothing():
     assert not visible("\u200b\ufeff \u202e\u2060\t")
+    for blank in "\u3164\u115f\u1160\uffa0\u034f\u17b4\ufe0f\u2800\U000e0041\u180b":
+        assert not visible(blank), hex(ord(blank))
     assert visible("\u200bcat\u200b") and visible("\u0301")  # a combining mark alone is drawn on a dotted circle

@@ -20,10 +20,28 @@ def forbidden(ch: str) -> bool:
     return 0xD800 <= code <= 0xDFFF
 
 
+# Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt), which unicodedata does
+# not expose, outside the Cf category: fillers and selectors drawn as nothing. And U+2800,
+# the blank braille pattern.
+_DRAWN_AS_NOTHING = (
+    (0x034F, 0x034F), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x180B, 0x180F), (0x2800, 0x2800),
+    (0x3164, 0x3164), (0xFE00, 0xFE0F), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0xE0000, 0xE0FFF),
+)
+
+
 def visible(text: str) -> bool:
-    """Whether `text` shows anything: zero-width and direction marks (U+200B, U+FEFF,
-    U+202E, ...) and whitespace alone draw nothing, and would be a blank caption."""
-    return any(not ch.isspace() and unicodedata.category(ch) not in ("Cc", "Cf") for ch in text)
+    """Whether `text` shows anything: whitespace, zero-width and direction marks (U+200B,
+    U+FEFF, U+202E), fillers (U+3164) and selectors (U+FE0F) alone would be a blank caption."""
+    return any(not _drawn_as_nothing(ch) for ch in text)
+
+
+def _drawn_as_nothing(ch: str) -> bool:
+    code = ord(ch)
+    return (
+        ch.isspace()
+        or unicodedata.category(ch) in ("Cc", "Cf")
+        or any(low <= code <= high for low, high in _DRAWN_AS_NOTHING)
+    )
 
 
 def without_forbidden(text: str) -> str:
