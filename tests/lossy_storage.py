@@ -4,14 +4,16 @@ Storage may apply a write and the answer still never reach the app (a dropped co
 Azure's 500 OperationTimedOut, "may have succeeded"). The storage SDK then retries the same
 request, and storage answers the retry as a conflict with the write it has already made.
 `lose_answer` makes that happen on purpose: the matching request goes on to Azurite, and
-the app gets a 500 in place of Azurite's answer. `delay_answer` holds Azurite's answer back
-instead: the write is made at once, and its answer may come after the app has given up.
+the app gets a 500 in place of Azurite's answer; with `meanwhile`, another writer acts before
+that 500 goes out. `delay_answer` holds Azurite's answer back instead: the write is made at
+once, and its answer may come after the app has given up. `drop` never passes the request on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import ClientSession, web
@@ -28,6 +30,8 @@ class _Loss:
     conditional: bool | None  # only writes with If-Match (True), only without (False), either (None)
     count: int
     delay: float | None = None  # None: the answer is lost; else it comes this many seconds late
+    meanwhile: Callable[[], Awaitable[object]] | None = None  # runs before a lost answer's 500
+    dropped: bool = False  # the request never reaches Azurite
 
 
 class LossyStorage:
@@ -46,9 +50,21 @@ class LossyStorage:
             f"BlobEndpoint=http://127.0.0.1:{self.port}/{ACCOUNT};"
         )
 
-    def lose_answer(self, method: str, path: str, conditional: bool | None = None, count: int = 1) -> None:
-        """Apply the next `count` requests like these, and answer each with a 500 instead."""
-        self.losses.append(_Loss(method, re.compile(path), conditional, count))
+    def lose_answer(
+        self,
+        method: str,
+        path: str,
+        conditional: bool | None = None,
+        count: int = 1,
+        meanwhile: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
+        """Apply the next `count` requests like these, and answer each with a 500 instead
+        (after `meanwhile`: what another writer does before the app hears back)."""
+        self.losses.append(_Loss(method, re.compile(path), conditional, count, meanwhile=meanwhile))
+
+    def drop(self, method: str, path: str, seconds: float, count: int = 1) -> None:
+        """Keep the next `count` requests like these from Azurite, and answer each 500 `seconds` later."""
+        self.losses.append(_Loss(method, re.compile(path), None, count, delay=seconds, dropped=True))
 
     def delay_answer(
         self, method: str, path: str, seconds: float, conditional: bool | None = None, count: int = 1
@@ -88,6 +104,10 @@ class LossyStorage:
         assert self._session is not None
         body = await request.read()
         loss = self._loss_for(request)
+        if loss is not None and loss.dropped:
+            await asyncio.sleep(loss.delay or 0)
+            self.lost.append(f"{request.method} {request.path}")
+            return _timed_out()
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_BY_HOP}
         async with self._session.request(
             request.method, f"{self.azurite.blob_endpoint.rsplit('/', 1)[0]}{request.path_qs}",
@@ -98,10 +118,16 @@ class LossyStorage:
             if loss is not None and loss.delay is not None:
                 await asyncio.sleep(loss.delay)
             elif loss is not None:
+                if loss.meanwhile is not None:
+                    await loss.meanwhile()
                 self.lost.append(f"{request.method} {request.path}")
-                return web.Response(
-                    status=500, text="<Error><Code>OperationTimedOut</Code></Error>",
-                    headers={"x-ms-error-code": "OperationTimedOut"},
-                )
+                return _timed_out()
             out = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP_BY_HOP}
             return web.Response(status=answer.status, body=data, headers=out)
+
+
+def _timed_out() -> web.Response:
+    return web.Response(
+        status=500, text="<Error><Code>OperationTimedOut</Code></Error>",
+        headers={"x-ms-error-code": "OperationTimedOut"},
+    )

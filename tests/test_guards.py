@@ -89,8 +89,14 @@ async def test_a_count_edited_by_hand_is_replaced_not_a_500(
         for garbage in (b"not json", b'{"count": "three"}', b"[]"):
             await records.upload_blob(day, garbage, overwrite=True)
             assert (await api.generate({"prompt": PROMPT})).status == 201
-            assert json.loads(await (await records.download_blob(day)).readall()) == {"count": 1}
+            assert json.loads(await (await records.download_blob(day)).readall())["count"] == 1
     assert "is not a record this app wrote" in caplog.text
+
+
+async def day_count(azurite: Azurite, container_name: str) -> int:
+    async with system_container(azurite, container_name) as records:
+        [day] = await blob_names(records, "cost-guard/")
+        return json.loads(await (await records.download_blob(day)).readall())["count"]
 
 
 async def test_a_count_change_whose_answer_was_lost_is_made_once(
@@ -99,9 +105,7 @@ async def test_a_count_change_whose_answer_was_lost_is_made_once(
     # Storage makes the change, its answer is lost, and the SDK's retry meets the change as a
     # conflict: counted again, it would let the day pass its cap (or lose a slot for good).
     async def count() -> int:
-        async with system_container(azurite, container_name) as records:
-            [day] = await blob_names(records, "cost-guard/")
-            return json.loads(await (await records.download_blob(day)).readall())["count"]
+        return await day_count(azurite, container_name)
 
     async with open_service_client(Settings.from_env().require_storage()) as service:
         cap = DailyCap(service.get_container_client(container_name), 5, timeout=10)
@@ -117,12 +121,6 @@ async def test_a_count_change_whose_answer_was_lost_is_made_once(
                 raise ApiError.upstream_error()  # the slot is given back; that answer is lost too
         assert await count() == 2
     assert len(lossy_storage.lost) == 2
-
-
-async def day_count(azurite: Azurite, container_name: str) -> int:
-    async with system_container(azurite, container_name) as records:
-        [day] = await blob_names(records, "cost-guard/")
-        return json.loads(await (await records.download_blob(day)).readall())["count"]
 
 
 async def test_slots_taken_for_requests_that_stopped_waiting_are_given_back(
@@ -154,6 +152,88 @@ async def test_a_write_whose_answer_never_came_but_landed_is_given_back(
         assert await day_count(azurite, container_name) == 6  # storage made the write
         assert await generation(cap) == 201
         assert await day_count(azurite, container_name) == 2  # the five told 503 hold no slot
+
+
+@asynccontextmanager
+async def two_instances(azurite: Azurite, container_name: str, cap: int) -> AsyncIterator[tuple[DailyCap, DailyCap]]:
+    """The cap of instance A, through the lossy proxy (1 s a change), and of B, straight on Azurite."""
+    async with open_service_client(Settings.from_env().require_storage()) as service, \
+            system_container(azurite, container_name) as records:
+        yield DailyCap(service.get_container_client(container_name), cap, timeout=1), DailyCap(records, cap)
+
+
+async def test_a_give_back_whose_answer_was_lost_while_another_instance_wrote_is_made_once(
+    lossy_storage: LossyStorage, azurite: Azurite, container_name: str
+):
+    # Cap 1. A gives its slot back; storage makes that write, and before its lost answer's retry,
+    # instance B takes the freed slot. Applied again, the give-back would free B's slot for C.
+    async with two_instances(azurite, container_name, 1) as (a, b), \
+            two_instances(azurite, container_name, 1) as (_, c):
+        b_took: list[int] = []
+        with pytest.raises(ApiError):
+            async with a.slot():
+                lossy_storage.lose_answer(
+                    "PUT", "/cost-guard/", meanwhile=lambda: _record(b_took, generation(b)))
+                raise ApiError.upstream_error()  # A's model failed: its slot goes back
+        assert b_took == [201]
+        assert await generation(c) == 429
+        assert await day_count(azurite, container_name) == 1
+
+
+async def one_held_and_two_landed_unanswered(a: DailyCap, lossy_storage: LossyStorage) -> None:
+    """A holds one slot; two more of its takes land, but their answer comes after A gave up (503)."""
+    assert await generation(a) == 201
+    lossy_storage.delay_answer("PUT", "/cost-guard/", 2.0, conditional=True)
+    unanswered = await asyncio.gather(generation(a), generation(a), return_exceptions=True)
+    assert all(isinstance(failure, TimeoutError) for failure in unanswered)
+    await asyncio.sleep(1.2)  # the late answer goes by
+
+
+async def test_a_landed_write_is_given_back_once_whatever_other_instances_write(
+    lossy_storage: LossyStorage, azurite: Azurite, container_name: str
+):
+    # Cap 3. A holds one slot; two more takes of A land without an answer (their requests heard
+    # 503). A's next take gives those two back in its write, whose answer is lost while
+    # instance B takes. Given back twice, B would get a second slot: four under a cap of 3.
+    async with two_instances(azurite, container_name, 3) as (a, b):
+        await one_held_and_two_landed_unanswered(a, lossy_storage)
+        assert await day_count(azurite, container_name) == 3
+        b_took: list[int] = []
+        lossy_storage.lose_answer("PUT", "/cost-guard/", meanwhile=lambda: _record(b_took, generation(b)))
+        assert await generation(a) == 201
+        assert b_took == [201]
+        assert await generation(b) == 429  # A holds two, B one
+        assert await day_count(azurite, container_name) == 3
+
+
+async def test_a_landed_write_under_another_instances_write_is_still_given_back(
+    lossy_storage: LossyStorage, azurite: Azurite, container_name: str
+):
+    # The record keeps its last writes' ids: A finds its unanswered write though B wrote since.
+    async with two_instances(azurite, container_name, 100) as (a, b):
+        await one_held_and_two_landed_unanswered(a, lossy_storage)
+        assert await generation(b) == 201  # writes on top of it
+        assert await generation(a) == 201
+        assert await day_count(azurite, container_name) == 3  # held: A's two and B's one
+
+
+async def test_a_give_back_whose_own_write_never_landed_is_tried_again(
+    lossy_storage: LossyStorage, azurite: Azurite, container_name: str
+):
+    # The write giving back two unanswered takes is itself lost: the next one gives them back.
+    async with open_service_client(Settings.from_env().require_storage()) as service:
+        a = DailyCap(service.get_container_client(container_name), 100, timeout=1)
+        await one_held_and_two_landed_unanswered(a, lossy_storage)
+        lossy_storage.drop("PUT", "/cost-guard/", 3.0)  # the write giving them back never reaches storage
+        with pytest.raises(TimeoutError):
+            await generation(a)
+        await asyncio.sleep(2.5)
+        assert await generation(a) == 201
+        assert await day_count(azurite, container_name) == 2
+
+
+async def _record(into: list[int], status: Awaitable[int]) -> None:
+    into.append(await status)
 
 
 async def test_refusals_at_the_cap_write_nothing(container: ContainerClient):
@@ -195,7 +275,7 @@ async def test_a_burst_in_one_process_queues_for_the_count_instead_of_timing_out
     cap = DailyCap(container, 1000, timeout=10)
     assert await asyncio.gather(*[generation(cap, drawing=0.2) for _ in range(200)]) == [201] * 200
     [day] = await blob_names(container, "cost-guard/")
-    assert json.loads(await (await container.download_blob(day)).readall()) == {"count": 200}
+    assert json.loads(await (await container.download_blob(day)).readall())["count"] == 200
 
 
 async def test_bursts_from_several_processes_each_cost_a_few_writes_not_one_a_request(
@@ -207,7 +287,7 @@ async def test_bursts_from_several_processes_each_cost_a_few_writes_not_one_a_re
     statuses = await asyncio.gather(*[generation(cap, drawing=0.2) for cap in caps for _ in range(150)])
     assert statuses == [201] * 600
     [day] = await blob_names(container, "cost-guard/")
-    assert json.loads(await (await container.download_blob(day)).readall()) == {"count": 600}
+    assert json.loads(await (await container.download_blob(day)).readall())["count"] == 600
 
 
 async def test_a_burst_over_the_cap_gets_exactly_the_slots_left(container: ContainerClient):
@@ -234,7 +314,7 @@ async def test_a_slot_given_back_beside_a_take_goes_to_that_take(container: Cont
         await first
     assert await second == 201  # give-backs are applied first, so the day's one slot is the second's
     [day] = await blob_names(container, "cost-guard/")
-    assert json.loads(await (await container.download_blob(day)).readall()) == {"count": 1}
+    assert json.loads(await (await container.download_blob(day)).readall())["count"] == 1
 
 
 # -- idempotency -------------------------------------------------------------

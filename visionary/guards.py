@@ -34,6 +34,10 @@ from visionary.storage import ensure_container, error_code
 
 log = logging.getLogger("visionary")
 
+# Write ids a count record keeps: how a write whose answer was lost is known to have landed,
+# as long as fewer writes than this have come after it.
+RECENT_WRITES = 32
+
 MAX_KEY_CHARS = 200
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 
@@ -128,8 +132,8 @@ class DailyCap:
         # each, 640 over eight processes ran half past the storage timeout.)
         self._queue: list[_Change] = []
         self._writer: asyncio.Task[None] | None = None
-        self._in_flight: _Write | None = None  # the write on its way
-        self._unanswered: _Write | None = None  # a write whose answer never came: it may have landed
+        self._maybe: _Write | None = None  # a write sent, not yet known to have landed or not
+        self._unanswered: list[_Write] = []  # writes whose answers never came: some may have landed
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -153,13 +157,21 @@ class DailyCap:
     async def _add(self, day: str, step: int) -> bool:
         """Move today's count by `step`; False (and no change) if that would pass the cap."""
         applied: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Change(day, step, applied))
+        self._enqueue(_Change(day, step, applied))
+        try:
+            async with asyncio.timeout(self.timeout):
+                # Given up before the writer took it, a change is dropped; a take given up
+                # after is given back once its write is known to have landed.
+                return await applied
+        except TimeoutError:
+            if step > 0 and applied.done() and not applied.cancelled() and applied.result():
+                self._enqueue(_Change(day, -step))  # granted in the very turn this request gave up
+            raise
+
+    def _enqueue(self, change: _Change) -> None:
+        self._queue.append(change)
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_queued())
-        async with asyncio.timeout(self.timeout):
-            # Given up before the writer took it, a change is dropped; a take given up while
-            # its write was on the way is given back once that write is known to have landed.
-            return await applied
 
     async def _write_queued(self) -> None:
         while self._queue:
@@ -169,52 +181,74 @@ class DailyCap:
                 try:
                     async with asyncio.timeout(self.timeout):
                         await self._apply(day, changes)
-                except Exception as error:  # each waiting request fails with it, as if alone
-                    # A write sent without an answer may still land: the next read tells.
-                    self._unanswered, self._in_flight = self._in_flight or self._unanswered, None
+                except BaseException as error:  # each waiting request fails with it, as if alone
+                    if self._maybe is not None:  # a write sent without an answer may still land
+                        self._unanswered.append(self._maybe)
+                        self._maybe = None
                     for change in changes:
-                        change.fail(error)
+                        change.fail(error if isinstance(error, Exception) else ApiError.storage_unavailable())
+                    if not isinstance(error, Exception):
+                        raise
 
     async def _apply(self, day: str, changes: list[_Change]) -> None:
-        """One conditional write for all `changes`: give-backs first, then takes while under the cap."""
+        """One conditional write for all `changes`: give-backs first, then takes while under the cap.
+
+        The record keeps the ids of its last writes. So a write whose answer was lost (the SDK's
+        retry then meets a conflict, perhaps after another instance wrote) is known to have
+        landed, and is not made twice; and the takes of an earlier write of ours that landed
+        without an answer (its requests were told 503) are given back, once.
+        """
         changes = sorted(changes, key=lambda change: change.step > 0)
         blob = self.container.get_blob_client(f"cost-guard/{day}.json")
-        landed = 0  # slots taken by an unanswered write of ours that did land, for requests told 503
+        sent: _Sent | None = None  # this batch's last write, answered as not made
         for attempt in range(100):
-            changes = [change for change in changes if change.wanted]
             record = await read_record(self.container, blob, _is_count)
-            unanswered = self._unanswered
-            if unanswered and unanswered.day == day and record.write_id == unanswered.write_id:
-                landed = unanswered.takes
-            if not changes and not landed:
+            history = _history(record)
+            self._maybe = None  # the write before this read has landed (in history) or never will
+            if sent is not None and sent.write.write_id in history:  # made after all: its answer was lost
+                self._settle(day, sent)
                 return
-            count = max(0, (record.data["count"] if record.data else 0) - landed)
+            changes = [change for change in changes if change.wanted]
+            landed = [u for u in self._unanswered if u.day == day and u.write_id in history]
+            settled = {write_id for u in landed for write_id in u.settles}
+            give_back = sum(u.takes for u in landed if u.write_id not in settled)
+            if not changes and not give_back:
+                return
+            count = max(0, (record.data["count"] if record.data else 0) - give_back)
             granted = []
             for change in changes:
                 fits = change.step < 0 or count + change.step <= self.cap
                 if fits:
                     count = max(0, count + change.step)
                 granted.append(fits)
-            if not landed and not any(granted):  # refusals alone: the count stays as it is
+            if not give_back and not any(granted):  # refusals alone: the count stays as it is
                 for change in changes:
                     change.settle(False)
                 return
             takes = sum(change.step for change, fits in zip(changes, granted) if fits and change.step > 0)
-            self._in_flight = _Write(day, uuid.uuid4().hex, takes)
-            written = await write_record(blob, {"count": count}, record.etag, self._in_flight.write_id)
-            self._in_flight = None
+            write = _Write(day, uuid.uuid4().hex, takes, frozenset(u.write_id for u in landed))
+            data = {"count": count, "writes": [*history, write.write_id][-RECENT_WRITES:]}
+            self._maybe = write
+            written = await write_record(blob, data, record.etag, write.write_id)
+            sent = _Sent(write, changes, granted)
             if written:
-                if unanswered and unanswered.day == day:
-                    self._unanswered = None  # looked at: given back, or it never landed
-                given_up = 0  # slots taken for requests that stopped waiting (they heard 503)
-                for change, fits in zip(changes, granted):
-                    if not change.settle(fits) and fits and change.step > 0:
-                        given_up += change.step
-                if given_up:
-                    self._queue.append(_Change(day, -given_up))
+                self._maybe = None
+                self._settle(day, sent)
                 return
             await _contention_pause(attempt)
         raise ApiError.storage_unavailable()
+
+    def _settle(self, day: str, sent: _Sent) -> None:
+        """Its write made: answer the requests, and give back slots of those that stopped waiting."""
+        # The earlier unanswered writes of the day are settled: given back by this write (it saw
+        # them land), or they never will land (this write moved the ETag they were made against).
+        self._unanswered = [u for u in self._unanswered if u.day != day]
+        given_up = 0  # slots taken for requests that stopped waiting (they heard 503)
+        for change, fits in zip(sent.changes, sent.granted):
+            if not change.settle(fits) and fits and change.step > 0:
+                given_up += change.step
+        if given_up:
+            self._enqueue(_Change(day, -given_up))
 
     def _seconds_to_midnight(self) -> int:
         now = self.now()
@@ -250,6 +284,20 @@ class _Write:
     day: str
     write_id: str
     takes: int  # slots it took: given back if it landed without an answer, as its requests heard 503
+    settles: frozenset[str] = frozenset()  # earlier unanswered writes whose takes it gave back
+
+
+@dataclass(frozen=True)
+class _Sent:
+    write: _Write
+    changes: list[_Change]
+    granted: list[bool]
+
+
+def _history(record: Record) -> list[str]:
+    """The ids of the record's last writes (none in a record from before they were kept)."""
+    writes = record.data.get("writes") if record.data else None
+    return [w for w in writes if isinstance(w, str)] if isinstance(writes, list) else []
 
 
 def _is_count(data: dict) -> bool:
