@@ -164,7 +164,8 @@ class DailyCap:
                 # after is given back once its write is known to have landed.
                 return await applied
         except TimeoutError:
-            if step > 0 and applied.done() and not applied.cancelled() and applied.result():
+            granted = applied.done() and not applied.cancelled() and applied.exception() is None and applied.result()
+            if step > 0 and granted:
                 self._enqueue(_Change(day, -step))  # granted in the very turn this request gave up
             raise
 
