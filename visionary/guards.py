@@ -30,7 +30,7 @@ from azure.core.exceptions import (
 from azure.storage.blob.aio import BlobClient, ContainerClient
 
 from visionary.errors import ApiError
-from visionary.storage import ensure_container, error_code
+from visionary.storage import ensure_container, error_code, made_by
 
 log = logging.getLogger("visionary")
 
@@ -49,7 +49,6 @@ IDEMPOTENCY_WINDOW = timedelta(hours=24)
 class Record:
     data: dict | None  # None: no record yet, or none this app can read
     etag: str | None
-    write_id: str | None = None  # the write that made it (see write_record)
 
 
 async def read_record(container: ContainerClient, blob: BlobClient, well_formed: Callable[[dict], bool]) -> Record:
@@ -71,7 +70,7 @@ async def read_record(container: ContainerClient, blob: BlobClient, well_formed:
     if not (isinstance(data, dict) and well_formed(data)):
         log.error("%s/%s is not a record this app wrote; it will be replaced", blob.container_name, blob.blob_name)
         data = None
-    return Record(data, download.properties.etag, download.properties.metadata.get("write_id"))
+    return Record(data, download.properties.etag)
 
 
 async def write_record(blob: BlobClient, data: dict, etag: str | None, write_id: str | None = None) -> str | None:
@@ -91,17 +90,9 @@ async def write_record(blob: BlobClient, data: dict, etag: str | None, write_id:
                 body, overwrite=True, etag=etag, match_condition=MatchConditions.IfNotModified, metadata=write
             )
     except (ResourceExistsError, ResourceModifiedError):
-        return await _etag_if_written(blob, write["write_id"])
+        ours = await made_by(blob, "write_id", write["write_id"])
+        return ours.etag if ours is not None else None
     return written["etag"]
-
-
-async def _etag_if_written(blob: BlobClient, write_id: str) -> str | None:
-    """The record's ETag if it holds the write named `write_id`; None if another writer's."""
-    try:
-        properties = await blob.get_blob_properties()
-    except ResourceNotFoundError:
-        return None
-    return properties.etag if properties.metadata.get("write_id") == write_id else None
 
 
 async def _contention_pause(attempt: int) -> None:
@@ -186,9 +177,11 @@ class DailyCap:
                     if self._maybe is not None:  # a write sent without an answer may still land
                         self._unanswered.append(self._maybe)
                         self._maybe = None
+                    # Cancelled (the process shuts down): the requests hear storage failed.
+                    failure = error if isinstance(error, Exception) else ApiError.storage_unavailable()
                     for change in changes:
-                        change.fail(error if isinstance(error, Exception) else ApiError.storage_unavailable())
-                    if not isinstance(error, Exception):
+                        change.fail(failure)
+                    if failure is not error:
                         raise
 
     async def _apply(self, day: str, changes: list[_Change]) -> None:

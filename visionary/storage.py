@@ -26,8 +26,8 @@ from azure.core.exceptions import (
     ResourceExistsError,
     ResourceNotFoundError,
 )
-from azure.storage.blob import ContentSettings
-from azure.storage.blob.aio import BlobServiceClient, ContainerClient, LinearRetry
+from azure.storage.blob import BlobProperties, ContentSettings
+from azure.storage.blob.aio import BlobClient, BlobServiceClient, ContainerClient, LinearRetry
 
 from visionary import naming
 from visionary.cursors import decode_cursor, encode_cursor, invalid_cursor
@@ -237,18 +237,10 @@ class Gallery:
             except ResourceExistsError:
                 # Another picture of the same millisecond; or ours, stored by an attempt whose
                 # answer was lost, which the SDK's retry then met.
-                if not await self._holds(candidate, upload_id):
+                if await made_by(self.container.get_blob_client(candidate.blob), "upload_id", upload_id) is None:
                     continue
             return StoredImage(candidate, prompt, candidate.created_at, revised_prompt, model)
         raise ApiError.storage_unavailable()
-
-    async def _holds(self, name: naming.BlobName, upload_id: str) -> bool:
-        """Whether the blob of this name is the one the upload `upload_id` stored."""
-        try:
-            properties = await self.container.get_blob_client(name.blob).get_blob_properties()
-        except ResourceNotFoundError:  # deleted in between: not ours, and the name is free again
-            return False
-        return properties.metadata.get("upload_id") == upload_id
 
     def _remove_later(self, name: naming.BlobName, upload_id: str) -> None:
         task = asyncio.get_running_loop().create_task(self._remove_if_ours(name, upload_id))
@@ -313,6 +305,20 @@ class Gallery:
             raise
         # by_page() returns an AsyncPageIterator, which has the token; azure-core annotates an AsyncIterator.
         return images, pages.continuation_token  # type: ignore[attr-defined]
+
+
+async def made_by(blob: BlobClient, key: str, write: str) -> BlobProperties | None:
+    """The blob's properties if the write named `write` made it (its metadata `key` says so);
+    None if it is gone or another writer's.
+
+    How a write whose answer was lost, which the SDK's retry then met as a conflict, is told
+    from another writer's.
+    """
+    try:
+        properties = await blob.get_blob_properties()
+    except ResourceNotFoundError:
+        return None
+    return properties if properties.metadata.get(key) == write else None
 
 
 def names_from(first: naming.BlobName) -> Iterator[naming.BlobName]:
