@@ -40,6 +40,7 @@ class LossyStorage:
         self.port = free_port()
         self.losses: list[_Loss] = []
         self.lost: list[str] = []  # "METHOD path" of each answer lost
+        self.seen: list[str] = []  # "METHOD path?query" of each request, in the order they came
         self._runner: web.AppRunner | None = None
         self._session: ClientSession | None = None
 
@@ -103,6 +104,7 @@ class LossyStorage:
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         assert self._session is not None
         body = await request.read()
+        self.seen.append(f"{request.method} {request.path_qs}")
         loss = self._loss_for(request)
         if loss is not None and loss.dropped:
             await asyncio.sleep(loss.delay or 0)

@@ -35,6 +35,7 @@ from visionary.errors import ApiError
 from visionary.identity import azure_credential
 from visionary.sas import AccountKeySigner, ReadSas, ReadSigner, SasPolicy, UserDelegationSigner
 from visionary.settings import StorageSettings
+from visionary.shared_reads import SharedReads
 
 CACHE_CONTROL = "public, max-age=31536000, immutable"
 # When to look for the blob of an upload that failed on a timeout (seconds between looks).
@@ -125,6 +126,10 @@ class Gallery:
         self.timeout = timeout  # a deadline for each storage operation, retries included
         self._credential = credential
         self._cleanups: set[asyncio.Task] = set()
+        # Simultaneous requests for the same page (a burst of visitors) share one List Blobs call.
+        self._pages: SharedReads[tuple[int, str | None], tuple[list[StoredImage], str | None]] = SharedReads(
+            self._list_page
+        )
         self._upload_failed = False  # the last upload failed: storage may be away, or refuse us
 
     @classmethod
@@ -284,11 +289,15 @@ class Gallery:
         """One page of the gallery, newest first, in a single List Blobs call."""
         token = decode_cursor(cursor) if cursor else None
         async with asyncio.timeout(self.timeout):
-            images, next_token = await self._list_page(limit, token)
+            images, next_token = await self._pages.get((limit, token))
             sas = await self.signer.sign()  # may fetch a delegation key: a storage call too
         return Page(images, encode_cursor(next_token) if next_token else None, sas)
 
-    async def _list_page(self, limit: int, token: str | None) -> tuple[list[StoredImage], str | None]:
+    async def _list_page(self, page: tuple[int, str | None]) -> tuple[list[StoredImage], str | None]:
+        async with asyncio.timeout(self.timeout):  # its own deadline: the requests waiting may have given up
+            return await self._list(*page)
+
+    async def _list(self, limit: int, token: str | None) -> tuple[list[StoredImage], str | None]:
         pages = self.container.list_blobs(
             name_starts_with=naming.PREFIX, include=["metadata"], results_per_page=limit
         ).by_page(continuation_token=token)
