@@ -1,5 +1,6 @@
 import asyncio
 import base64
+import time
 
 import httpx
 import pytest
@@ -220,3 +221,19 @@ async def test_a_request_made_while_a_list_call_is_under_way_sees_what_was_store
     second = await api.get_images()
     assert listed(second) == [newer, older]  # not the answer of the call made before the upload
     assert listed(await first) == [older]
+
+
+async def test_a_stuck_list_call_does_not_hold_up_the_visitors_after_it(
+    api: Api, gallery: Gallery, lossy_storage: LossyStorage, container_name: str, monkeypatch
+):
+    monkeypatch.setenv("VISIONARY_STORAGE_TIMEOUT_SECONDS", "2")
+    blobs = await add(gallery, 2)
+    lossy_storage.drop("GET", f"/{container_name}$", 5)  # the first List Blobs call never answers
+    stuck = asyncio.create_task(api.get_images())
+    while not list_calls(lossy_storage):
+        await asyncio.sleep(0.01)
+    started = time.monotonic()
+    later = await api.get_images()
+    assert later.status == 200 and listed(later) == blobs[::-1]
+    assert time.monotonic() - started < 1  # not the stuck call's 2 s, and its own call after
+    assert (await stuck).status == 503

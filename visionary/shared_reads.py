@@ -2,53 +2,96 @@
 
 A burst of visitors opening the gallery asks for its first page many times over, and each
 List Blobs answer costs the app about 18 ms of CPU (the storage SDK deserializing 50 blobs
-of XML): 64 at once queued for over a second on the one event loop. Sharing is safe for
-freshness one way only: a caller joins a call that has not begun, never one under way, so
-what it gets was read after it asked, as if it had made the call itself.
+of XML): 64 at once queued for over a second on the one event loop.
+
+Sharing is safe for freshness one way only: a caller joins a call that has not begun, never
+one under way, so what it gets was read after it asked, as if it had made the call itself.
+Callers that come while a call is under way form the next batch, which begins when that call
+ends, or `max_wait` after the batch's first caller came if the call is slower than that:
+a slow or stuck call must not hold every later visitor of the page until it times out.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
 
 
-class SharedReads(Generic[K, T]):
-    """`read(key)` for many callers: those that ask while a call for the key is under way
-    wait for the next one, which serves them all."""
+@dataclass(eq=False)
+class _Batch(Generic[T]):
+    """The callers of one call, and the task that makes it."""
 
-    def __init__(self, read: Callable[[K], Awaitable[T]]) -> None:
+    task: asyncio.Task[None] | None = None
+    answers: list[asyncio.Future[T]] = field(default_factory=list)
+    begun: bool = False  # its call has begun: it takes no more callers
+    gave_up: int = 0  # callers that stopped waiting
+
+
+class SharedReads(Generic[K, T]):
+    """`read(key)` for many callers at once, each answered from a call begun after it asked."""
+
+    def __init__(
+        self,
+        read: Callable[[K], Awaitable[T]],
+        cancelled: Callable[[], Exception],
+        max_wait: float = 0.05,
+    ) -> None:
         self._read = read
-        self._waiting: dict[K, list[asyncio.Future[T]]] = {}
-        self._readers: dict[K, asyncio.Task[None]] = {}
+        self._cancelled = cancelled  # what callers hear when their call is cancelled (shutdown)
+        self._max_wait = max_wait
+        self._open: dict[K, _Batch[T]] = {}  # per key, the batch taking callers
+        self._latest: dict[K, asyncio.Task[None]] = {}  # per key, the last call begun, while under way
 
     async def get(self, key: K) -> T:
+        batch = self._open.get(key)
+        if batch is None or batch.task is None or batch.task.done():  # done: cancelled before it began
+            batch = self._open[key] = _Batch()
+            batch.task = asyncio.create_task(self._serve(key, batch))
+            batch.task.add_done_callback(lambda task: self._finish(key, batch, task))
         answer: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._waiting.setdefault(key, []).append(answer)
-        if key not in self._readers:
-            self._readers[key] = asyncio.create_task(self._serve(key))
+        answer.add_done_callback(lambda answer: self._gave_up(batch, answer))
+        batch.answers.append(answer)
         return await answer  # a caller that gives up cancels its own future, no one else's
 
-    async def _serve(self, key: K) -> None:
-        """Call `read` for those waiting on `key`, batch after batch, until none are left."""
-        waiting: list[asyncio.Future[T]] = []
+    async def _serve(self, key: K, batch: _Batch[T]) -> None:
+        if (under_way := self._latest.get(key)) is not None:
+            await asyncio.wait([under_way], timeout=self._max_wait)
+        batch.begun = True
+        if self._open.get(key) is batch:
+            del self._open[key]  # later callers form the next batch
+        if batch.gave_up == len(batch.answers):
+            return
+        if batch.task is not None:
+            self._latest[key] = batch.task
         try:
-            while waiting := self._waiting.pop(key, []):
-                try:
-                    result = await self._read(key)
-                except Exception as error:  # each caller hears it, as if it had called alone
-                    for answer in waiting:
-                        if not answer.done():
-                            answer.set_exception(error)
-                else:
-                    for answer in waiting:
-                        if not answer.done():
-                            answer.set_result(result)
-        finally:  # cancelled (the process shuts down): so are the callers still waiting
-            for answer in [*waiting, *self._waiting.pop(key, [])]:
-                answer.cancel()
-            del self._readers[key]
+            result = await self._read(key)
+        except Exception as error:  # each caller hears it, as if it had called alone
+            for answer in batch.answers:
+                if not answer.done():
+                    answer.set_exception(error)
+        else:
+            for answer in batch.answers:
+                if not answer.done():
+                    answer.set_result(result)
+
+    def _gave_up(self, batch: _Batch[T], answer: asyncio.Future[T]) -> None:
+        """A caller stopped waiting; once all have, the call under way stops too."""
+        if answer.cancelled():
+            batch.gave_up += 1
+            if batch.begun and batch.gave_up == len(batch.answers) and batch.task is not None:
+                batch.task.cancel()
+
+    def _finish(self, key: K, batch: _Batch[T], task: asyncio.Task[None]) -> None:
+        """Whatever ended the call (cancelled too, even before it began), no caller is left waiting."""
+        if self._open.get(key) is batch:
+            del self._open[key]
+        if self._latest.get(key) is task:
+            del self._latest[key]
+        for answer in batch.answers:
+            if not answer.done():
+                answer.set_exception(self._cancelled())

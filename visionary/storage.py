@@ -128,7 +128,7 @@ class Gallery:
         self._cleanups: set[asyncio.Task] = set()
         # Simultaneous requests for the same page (a burst of visitors) share one List Blobs call.
         self._pages: SharedReads[tuple[int, str | None], tuple[list[StoredImage], str | None]] = SharedReads(
-            self._list_page
+            self._list_page, cancelled=ApiError.storage_unavailable
         )
         self._upload_failed = False  # the last upload failed: storage may be away, or refuse us
 
