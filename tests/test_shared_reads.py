@@ -130,6 +130,16 @@ async def test_callers_that_all_gave_up_before_their_call_began_make_none():
     assert source.calls == ["page"]
 
 
+async def test_a_caller_that_gives_up_in_the_turn_it_asked_makes_no_call():
+    source = Source()
+    reads = shared(source)
+    caller = asyncio.create_task(reads.get("page"))
+    await asyncio.sleep(0)  # it has asked; its call has not yet run
+    caller.cancel()
+    await asyncio.sleep(0.1)
+    assert source.calls == []
+
+
 def test_a_read_cut_off_by_the_loop_ending_leaves_no_caller_waiting_and_the_key_usable():
     # asyncio.run cancels what is pending when its main coroutine returns, as a host shutting down.
     source = Source()

@@ -294,10 +294,8 @@ class Gallery:
         return Page(images, encode_cursor(next_token) if next_token else None, sas)
 
     async def _list_page(self, page: tuple[int, str | None]) -> tuple[list[StoredImage], str | None]:
-        async with asyncio.timeout(self.timeout):  # its own deadline: the requests waiting may have given up
-            return await self._list(*page)
-
-    async def _list(self, limit: int, token: str | None) -> tuple[list[StoredImage], str | None]:
+        # No deadline of its own: once every request waiting for it has given up, it is cancelled.
+        limit, token = page
         pages = self.container.list_blobs(
             name_starts_with=naming.PREFIX, include=["metadata"], results_per_page=limit
         ).by_page(continuation_token=token)
