@@ -67,6 +67,19 @@ async def test_an_image_url_that_redirects_is_followed(api: Api, openai_env: Ope
     assert (await fetch(answer.json()["url"])).content == openai_env.behaviour.image
 
 
+async def test_a_model_named_in_any_script_is_stored_with_its_picture(
+    api: Api, openai_env: OpenAIServer, container: ContainerClient, monkeypatch
+):
+    # Blob metadata must be ASCII: a compatible server's model name need not be, and storage
+    # refused it after the model had been paid.
+    monkeypatch.setenv("VISIONARY_IMAGE_MODEL", "modèle-1")
+    answer = await api.generate({"prompt": PROMPT})
+    assert answer.status == 201, answer.body
+    assert answer.json()["model"] == "modèle-1"
+    properties = await container.get_blob_client(answer.json()["blob"]).get_blob_properties()
+    assert properties.metadata["model"] == "mod%C3%A8le-1"
+
+
 @pytest.mark.parametrize(
     "link",
     ["http://127.0.0.1:99999/x.png?sig=S", "http://[::1/x.png", "http://127.0.0.1:9/x\u0000.png",

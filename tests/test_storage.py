@@ -68,6 +68,9 @@ def test_metadata_stays_within_azures_8_kib():
     assert huge.startswith(unquote(metadata["prompt"]))
     short = encode_metadata("a cat", "A fluffy cat", None, created)
     assert unquote(short["revised_prompt"]) == "A fluffy cat" and "prompt_truncated" not in short
+    named_at_length = encode_metadata("a cat", None, "模型" * 4000, created)  # a model name is any setting
+    assert sum(len(k) + len(v) for k, v in named_at_length.items()) <= 8192
+    assert named_at_length["model"].isascii() and unquote(named_at_length["prompt"]) == "a cat"
 
 
 async def test_a_prompt_too_long_for_metadata_is_listed_cut_and_says_so(gallery: Gallery):
@@ -92,3 +95,9 @@ async def test_an_upload_whose_answer_was_lost_is_stored_once(
     assert len(lossy_storage.lost) == 1
     async with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
         assert await blob_names(service.get_container_client(container_name)) == [stored.name.blob]
+
+
+async def test_a_model_name_in_any_script_is_listed_as_it_was_stored(gallery: Gallery):
+    await gallery.upload(png_bytes(), "image/png", "a cat", None, "modèle-1")
+    [listed] = (await gallery.page(1, None)).images
+    assert listed.model == "modèle-1"

@@ -45,6 +45,7 @@ ACCOUNT_NAME = re.compile(r"[a-z0-9]{3,24}")  # what Azure allows; Azurite's dev
 # Azure caps all metadata of a blob (names and values) at 8 KiB. The 192 left over hold what
 # is added outside the budget: `upload_id` (41 characters) and `prompt_truncated` (20).
 METADATA_BUDGET = 8000
+MAX_MODEL_METADATA = 256
 TRUNCATED = "\u2026"  # "…", what ends a listed prompt that was stored cut
 
 log = logging.getLogger("visionary")
@@ -391,15 +392,17 @@ def open_service_client(
 def encode_metadata(
     prompt: str, revised_prompt: str | None, model: str | None, created_at: datetime
 ) -> dict[str, str]:
-    """Blob metadata must be ASCII: prompts are stored percent-encoded UTF-8.
+    """Blob metadata must be ASCII: prompts and the model's name are stored percent-encoded UTF-8.
 
     Azure limits a blob's metadata to 8 KiB. The rare prompt that does not fit
     whole is cut at a character boundary and flagged `prompt_truncated`; the
-    revised prompt gives way first.
+    revised prompt gives way first. A model's name is a setting, so any text at
+    all (a compatible server's model may be `modèle-1`): kept to its first 256
+    characters encoded, it never fails an upload the model has been paid for.
     """
     metadata = {"created": _iso(created_at)}
     if model:
-        metadata["model"] = model
+        metadata["model"] = _quote_within(model, MAX_MODEL_METADATA)
     budget = METADATA_BUDGET - sum(len(k) + len(v) for k, v in metadata.items())
     encoded_prompt = _quote_within(prompt, budget)
     metadata["prompt"] = encoded_prompt
@@ -434,7 +437,7 @@ def _stored_image(blob) -> StoredImage | None:
         prompt=prompt,
         created_at=name.created_at,
         revised_prompt=unquote(metadata["revised_prompt"]) if "revised_prompt" in metadata else None,
-        model=metadata.get("model"),
+        model=unquote(metadata["model"]) if "model" in metadata else None,
     )
 
 
