@@ -93,6 +93,12 @@ def test_every_stored_type_has_an_extension() -> None:
         assert set(ext) <= set(string.ascii_lowercase)
 
 
+def test_a_scheme_timestamp_has_no_leading_zeros_as_the_scheme_writes_none():
+    # Read as 1, it would be listed under a name (and a link) that is not the blob's.
+    assert naming.parse_gallery_name("gallery/9999999999998_x_0000000000001.png") is None
+    assert naming.parse_gallery_name("gallery/9999999999999_x_0.png") is not None
+
+
 def test_a_timestamp_is_ascii_digits_as_node_and_the_scheme_wrote_them():
     assert naming.parse_node_name("arabic digits_١٦٩٠٠٠٠٠٠٠٠٠١.png") is None
     assert naming.parse_node_name("fullwidth_１２３.png") is None

@@ -83,7 +83,9 @@ def test_decimal_settings_take_fractions():
 def test_the_public_base_url_must_be_a_link_base():
     cdn = {"AzureWebJobsStorage": AZURITE, "VISIONARY_PUBLIC_BASE_URL": "https://cdn.example.com/images/"}
     assert Settings.from_env(cdn).storage.public_base_url == "https://cdn.example.com/images"
-    for wrong in ("cdn.example.com/", "ftp://cdn.example.com", "https://", "https://[::1", "https://cdn.example.com/?sv=1&sig=SECRET"):
+    for wrong in ("cdn.example.com/", "ftp://cdn.example.com", "https://", "https://[::1", "https://cdn.example.com/?sv=1&sig=SECRET",
+                  "https://cdn.example.com/images?", "https://cdn.example.com/images#", "https://cdn.example.com/images/?"):
+        # An empty query or fragment too: every link would have put the blob's name after it.
         [problem] = problems({"AzureWebJobsStorage": AZURITE, "VISIONARY_PUBLIC_BASE_URL": wrong})
         assert problem.startswith("VISIONARY_PUBLIC_BASE_URL must be an http:// or https:// URL") and "SECRET" not in problem
 

@@ -25,7 +25,7 @@ CONTENT_TYPES = {ext: content_type for content_type, ext in EXTENSIONS.items()} 
 
 _SEPARATORS = re.compile(r"[\s/\\_]+")
 # ASCII digits only: \d would read "١٦٩٠" or "１２３" as a timestamp.
-_GALLERY_NAME = re.compile(r"gallery/([0-9]{13})_([^_/]+)_([0-9]{1,13})\.(png|jpg|webp)")
+_GALLERY_NAME = re.compile(r"gallery/([0-9]{13})_([^_/]+)_(0|[1-9][0-9]{0,12})\.(png|jpg|webp)")
 # The Node version's name is the raw prompt, "/" and all, so the prompt is the whole path up to `_{ts}.ext`.
 _NODE_NAME = re.compile(r"(.+)_([0-9]{1,13})\.(png|jpg|jpeg|webp)", re.DOTALL | re.IGNORECASE)
 

@@ -360,7 +360,7 @@ class _Reader:
             parts = urlsplit(value)
         except ValueError:  # such as an unclosed [IPv6 host
             parts = urlsplit("")
-        if parts.scheme.lower() not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname or "?" in value or "#" in value:
             # The value is not repeated: a SAS pasted with it must not reach a response.
             self.problem(
                 f"{name} must be an http:// or https:// URL with no query, such as https://cdn.example.com/images."
