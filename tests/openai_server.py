@@ -64,6 +64,16 @@ IMAGE_ERRORS = {
             "code": "rate_limit_exceeded",
         },
     ),
+    "insufficient_quota": (  # no credit left: OpenAI sends it as a 429 too
+        429,
+        {
+            "message": "You exceeded your current quota, please check your plan and billing details. For more "
+            "information on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors.",
+            "type": "insufficient_quota",
+            "param": None,
+            "code": "insufficient_quota",
+        },
+    ),
     "server_error": (
         500,
         {

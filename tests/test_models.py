@@ -44,6 +44,19 @@ async def test_every_model_429_answers_with_a_usable_retry_after(api: Api, opena
         assert answer.headers["Access-Control-Expose-Headers"] == "Retry-After"  # readable cross-origin
 
 
+async def test_an_account_out_of_quota_is_not_told_to_retry(
+    api: Api, openai_env: OpenAIServer, monkeypatch, container, caplog
+):
+    # OpenAI answers 429 both for a rate and for an account with no credit left; only a rate passes.
+    monkeypatch.setenv("VISIONARY_MODEL_MAX_RETRIES", "0")
+    openai_env.behaviour.error = "insufficient_quota"
+    for answer in (await api.suggest(), await api.generate({"prompt": "A lighthouse"})):
+        assert (answer.status, answer.json()["code"]) == (502, "upstream_error"), answer.body
+        assert "quota" in answer.json()["error"] and "Retry-After" not in answer.headers
+    assert "insufficient_quota" in caplog.text
+    assert await blob_names(container) == []
+
+
 async def test_a_failed_azure_sign_in_is_the_model_services_error_not_storages(
     api: Api, azure_env: OpenAIServer, container, monkeypatch
 ):

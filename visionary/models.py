@@ -128,6 +128,11 @@ async def call_model(
     except TimeoutError:
         raise ApiError.upstream_timeout() from None
     except openai.RateLimitError as error:
+        if _code(error) == "insufficient_quota":  # OpenAI's 429 for an account out of credit: no wait helps
+            log.warning("model service answered 429 (insufficient_quota)")
+            raise ApiError.upstream_error(
+                "The model service account has run out of quota; its owner must check its plan and billing."
+            ) from None
         raise ApiError.rate_limited(
             "The model service is rate limiting requests; try again later.", retry_after(error.response.headers)
         ) from None
