@@ -108,7 +108,7 @@ BAD_REQUESTS = [
     # limit
     *(pytest.param(page(f"limit={value}"), id=f"limit-{name}") for name, value in [
         ("minus-1", "-1"), ("0", "0"), ("501", "501"), ("abc", "abc"), ("1e3", "1e3"), ("2.5", "2.5"),
-        ("empty", ""), ("huge", "9" * 400), ("arabic-indic-digit", "%D9%A3"), ("fullwidth-digit", "%EF%BC%95"),
+        ("huge", "9" * 400), ("arabic-indic-digit", "%D9%A3"), ("fullwidth-digit", "%EF%BC%95"),
         ("hex", "0x10"), ("leading-space", "%205"), ("plus", "%2B5"),
     ]),
     # cursors that are not ours
@@ -193,6 +193,14 @@ async def test_a_json_body_sent_as_text_plain_is_accepted(http: httpx.AsyncClien
     answer = await http.post(
         "/api/generateImage", content=json.dumps(VALID).encode(), headers={"Content-Type": "text/plain"}
     )
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["prompt"] == VALID["prompt"]
+
+
+async def test_a_json_body_that_starts_with_a_byte_order_mark_is_accepted(http: httpx.AsyncClient, offline_env):
+    # Some .NET and PowerShell clients write one; the Node version (and JSON.parse after a
+    # decoder) read past it, so its frontends' callers must not start failing.
+    answer = await http.post("/api/generateImage", content=b"\xef\xbb\xbf" + json.dumps(VALID).encode())
     assert answer.status_code == 201, answer.text
     assert answer.json()["prompt"] == VALID["prompt"]
 

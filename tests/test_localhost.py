@@ -33,6 +33,23 @@ async def test_sas_token_and_mixed_case_routes(http: httpx.AsyncClient, storage_
         assert answer.status_code == 200 and answer.json()["permissions"] == "r"
 
 
+async def test_query_and_headers_reach_the_app_as_the_functions_host_passes_them(
+    http: httpx.AsyncClient, offline_env
+):
+    for prompt in ("A fox", "A hare"):
+        assert (await http.post("/api/generateImage", json={"prompt": prompt})).status_code == 201
+    cursor = (await http.get("/api/getImages?limit=1")).json()["nextCursor"]
+    # A name sent twice is one value joined with commas: never the first of them, quietly.
+    assert (await http.get(f"/api/getImages?limit=1&cursor=&cursor={cursor}")).status_code == 400
+    assert (await http.get("/api/getImages?limit=1&limit=x")).status_code == 400
+    # An empty value is not passed at all: the default page.
+    assert len((await http.get("/api/getImages?limit=&cursor=")).json()["imageUrls"]) == 2
+    doubled = await http.post("/api/generateImage", json={"prompt": "An owl"},
+                              headers=[("Idempotency-Key", "owl"), ("Idempotency-Key", "1")])
+    joined = await http.post("/api/generateImage", json={"prompt": "An owl"}, headers={"Idempotency-Key": "owl,1"})
+    assert doubled.status_code == joined.status_code == 201 and doubled.json()["blob"] == joined.json()["blob"]
+
+
 async def test_a_wrong_method_is_405_with_allow(http: httpx.AsyncClient):
     answer = await http.delete("/api/getImages")
     assert answer.status_code == 405

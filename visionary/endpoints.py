@@ -116,12 +116,12 @@ def error_response(error: ApiError) -> func.HttpResponse:
 
 
 def json_body(req: func.HttpRequest, max_bytes: int) -> object:
-    """The request body parsed as JSON, within a size cap."""
+    """The request body parsed as JSON (UTF-8, past a byte-order mark), within a size cap."""
     body = req.get_body() or b""
     if len(body) > max_bytes:
         raise ApiError.payload_too_large(max_bytes)
     try:
-        return json.loads(body.decode("utf-8"))
+        return json.loads(body.decode("utf-8-sig"))
     except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nesting thousands deep
         raise ApiError.invalid_json("The request body is not valid JSON (UTF-8).") from None
 

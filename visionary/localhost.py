@@ -25,6 +25,7 @@ import azure.functions as func
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from azure.functions.decorators.http import HttpTrigger
+from multidict import MultiMapping
 
 from visionary.endpoints import error_response
 from visionary.errors import ApiError
@@ -216,8 +217,8 @@ class LocalHost:
         http_request = func.HttpRequest(
             method=request.method,
             url=str(request.url),
-            headers=dict(request.headers),
-            params={key: request.query.getone(key) for key in request.query.keys()},
+            headers=_as_the_host_passes(request.headers),
+            params=_as_the_host_passes(request.query, drop_empty=True),
             route_params=params,
             body=body,
         )
@@ -270,6 +271,14 @@ class LocalHost:
             if self.config.cors_credentials:
                 response.headers["Access-Control-Allow-Credentials"] = "true"
         return response
+
+
+def _as_the_host_passes(values: MultiMapping[str], drop_empty: bool = False) -> dict[str, str]:
+    """Query or headers as the Functions host hands them to a Python worker: a name sent
+    twice is one value joined with commas (`?limit=2&limit=x` is "2,x", a 400, never the
+    first of them quietly), and a query value left empty is not passed at all."""
+    joined = {name: ",".join(values.getall(name)) for name in values.keys()}
+    return {name: value for name, value in joined.items() if value or not drop_empty}
 
 
 def _send(response: func.HttpResponse) -> web.Response:
