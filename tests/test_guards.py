@@ -180,6 +180,43 @@ async def test_a_give_back_whose_answer_was_lost_while_another_instance_wrote_is
         assert await day_count(azurite, container_name) == 1
 
 
+async def test_a_give_back_that_ran_out_of_time_is_made_by_the_next_write(
+    lossy_storage: LossyStorage, azurite: Azurite, container_name: str
+):
+    # Cap 2. Storage is slow, not away: A's give-back meets B's write (a conflict), and its
+    # second read answers after the change's time (1 s) ran out. The slot is still A's to give.
+    async with two_instances(azurite, container_name, 2) as (a, b):
+
+        async def b_takes_meanwhile() -> int:
+            await asyncio.sleep(0.3)
+            return await generation(b)
+
+        with pytest.raises(ApiError):
+            async with a.slot():
+                lossy_storage.delay_answer("GET", "/cost-guard/", 0.6, count=2)
+                b_took = asyncio.create_task(b_takes_meanwhile())
+                raise ApiError.upstream_error()  # A's model failed
+        assert await b_took == 201
+        await asyncio.sleep(0.5)  # the late read goes by
+        assert await day_count(azurite, container_name) == 2  # B's, and the one A could not give back
+        assert await generation(a) == 201  # its write gives that one back
+        assert await day_count(azurite, container_name) == 2
+
+
+async def test_a_give_back_that_could_not_even_read_the_count_is_made_by_the_next_write(
+    lossy_storage: LossyStorage, azurite: Azurite, container_name: str
+):
+    async with two_instances(azurite, container_name, 1) as (a, _):
+        with pytest.raises(ApiError):
+            async with a.slot():
+                lossy_storage.delay_answer("GET", "/cost-guard/", 1.5)  # past the change's 1 s
+                raise ApiError.upstream_error()
+        await asyncio.sleep(0.6)
+        assert await day_count(azurite, container_name) == 1
+        assert await generation(a) == 201  # at the cap of 1, only with that slot given back
+        assert await day_count(azurite, container_name) == 1
+
+
 async def one_held_and_two_landed_unanswered(a: DailyCap, lossy_storage: LossyStorage) -> None:
     """A holds one slot; two more of its takes land, but their answer comes after A gave up (503)."""
     assert await generation(a) == 201
@@ -258,6 +295,22 @@ async def test_the_cap_counts_per_utc_day_and_its_retry_after_reaches_midnight(c
     async with cap.slot():  # a new day, a new count
         pass
     assert await blob_names(container) == ["cost-guard/2026-03-01.json", "cost-guard/2026-03-02.json"]
+
+
+async def test_a_refusal_answered_after_midnight_may_try_again_at_once(
+    lossy_storage: LossyStorage, container_name: str
+):
+    clock = [datetime(2026, 3, 1, 23, 59, 59, 800_000, tzinfo=timezone.utc)]
+    async with open_service_client(Settings.from_env().require_storage()) as service:
+        cap = DailyCap(service.get_container_client(container_name), 1, now=lambda: clock[0])
+        assert await generation(cap) == 201
+        lossy_storage.delay_answer("GET", "/cost-guard/", 0.5)  # the refusal's read crosses midnight
+        asyncio.get_running_loop().call_later(0.2, clock.__setitem__, 0, clock[0] + timedelta(seconds=0.3))
+        with pytest.raises(ApiError) as refused:
+            async with cap.slot():
+                pass
+        assert refused.value.headers["Retry-After"] == "1"  # not a day: the new day's slots are open
+        assert await generation(cap) == 201
 
 
 async def generation(cap: DailyCap, drawing: float = 0.0) -> int:

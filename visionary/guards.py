@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import random
 import time
 import uuid
@@ -133,7 +134,7 @@ class DailyCap:
         try:
             yield
         except BaseException:
-            await _best_effort(self._add(day, -1), "a failed generation's slot was not given back")
+            await _best_effort(self._add(day, -1), "a failed generation's slot is not known to be given back")
             raise
 
     async def _take(self) -> str:
@@ -141,7 +142,7 @@ class DailyCap:
         if not await self._add(day, +1):
             raise ApiError.rate_limited(
                 f"Today's limit of {self.cap} images is reached; try again after midnight UTC.",
-                self._seconds_to_midnight(),
+                self._seconds_after(day),
             )
         return day
 
@@ -151,8 +152,8 @@ class DailyCap:
         self._enqueue(_Change(day, step, applied))
         try:
             async with asyncio.timeout(self.timeout):
-                # Given up before the writer took it, a change is dropped; a take given up
-                # after is given back once its write is known to have landed.
+                # Given up before the writer took it, a take is dropped; given up after, it is
+                # given back once its write is known to have landed. A give-back is always made.
                 return await applied
         except TimeoutError:
             granted = applied.done() and not applied.cancelled() and applied.exception() is None and applied.result()
@@ -177,6 +178,9 @@ class DailyCap:
                     if self._maybe is not None:  # a write sent without an answer may still land
                         self._unanswered.append(self._maybe)
                         self._maybe = None
+                    elif gives := -sum(change.step for change in changes if change.step < 0):
+                        # Never sent: the day's next write gives these slots back.
+                        self._unanswered.append(_Write(day, uuid.uuid4().hex, 0, gives=gives, sent=False))
                     # Cancelled (the process shuts down): the requests hear storage failed.
                     failure = error if isinstance(error, Exception) else ApiError.storage_unavailable()
                     for change in changes:
@@ -205,7 +209,8 @@ class DailyCap:
             changes = [change for change in changes if change.wanted]
             landed = [u for u in self._unanswered if u.day == day and u.write_id in history]
             settled = {write_id for u in landed for write_id in u.settles}
-            give_back = sum(u.takes for u in landed if u.write_id not in settled)
+            unlanded = [u for u in self._unanswered if u.day == day and _never_landed(u, history, settled)]
+            give_back = sum(u.takes for u in landed if u.write_id not in settled) + sum(u.gives for u in unlanded)
             if not changes and not give_back:
                 return
             count = max(0, (record.data["count"] if record.data else 0) - give_back)
@@ -220,7 +225,8 @@ class DailyCap:
                     change.settle(False)
                 return
             takes = sum(change.step for change, fits in zip(changes, granted) if fits and change.step > 0)
-            write = _Write(day, uuid.uuid4().hex, takes, frozenset(u.write_id for u in landed))
+            gives = -sum(change.step for change in changes if change.step < 0)
+            write = _Write(day, uuid.uuid4().hex, takes, frozenset(u.write_id for u in landed + unlanded), gives)
             data = {"count": count, "writes": [*history, write.write_id][-RECENT_WRITES:]}
             self._maybe = write
             written = await write_record(blob, data, record.etag, write.write_id)
@@ -244,10 +250,10 @@ class DailyCap:
         if given_up:
             self._enqueue(_Change(day, -given_up))
 
-    def _seconds_to_midnight(self) -> int:
-        now = self.now()
-        midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-        return max(1, int((midnight - now).total_seconds() + 0.999))
+    def _seconds_after(self, day: str) -> int:
+        """Until `day` (UTC) is over: a refusal answered after midnight may try again at once."""
+        midnight = datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=timezone.utc) + timedelta(days=1)
+        return max(1, math.ceil((midnight - self.now()).total_seconds()))
 
 
 @dataclass(frozen=True)
@@ -258,8 +264,9 @@ class _Change:
 
     @property
     def wanted(self) -> bool:
-        """Still to be made: its request waits for it (or it is the cap's own)."""
-        return self.applied is None or not self.applied.done()
+        """Still to be made: a take while its request waits for it; a give-back always, or a
+        slow write (after another instance's) would leave a slot no picture holds."""
+        return self.step < 0 or self.applied is None or not self.applied.done()
 
     def settle(self, made: bool) -> bool:
         """Tell the request; False if it has stopped waiting."""
@@ -278,7 +285,20 @@ class _Write:
     day: str
     write_id: str
     takes: int  # slots it took: given back if it landed without an answer, as its requests heard 503
-    settles: frozenset[str] = frozenset()  # earlier unanswered writes whose takes it gave back
+    settles: frozenset[str] = frozenset()  # earlier unanswered writes it saw to: their takes, their gives
+    gives: int = 0  # slots it gave back: given back again by a later write if it never landed
+    sent: bool = True  # False: its batch failed before it was sent, so its gives are still to make
+
+
+def _never_landed(write: _Write, history: list[str], settled: set[str]) -> bool:
+    """Whether an unanswered write of ours is known not to have landed: its id is not in the
+    record's history, and no write that landed saw to it. (Should it land later, the write made
+    on this read fails its ETag condition, and the next read sees it.) A full history may have
+    lost the id of one that landed: its gives are then not made again, so a slot may stay
+    taken, but one is never freed twice."""
+    if write.write_id in history or write.write_id in settled:
+        return False
+    return not write.sent or len(history) < RECENT_WRITES
 
 
 @dataclass(frozen=True)
