@@ -580,13 +580,16 @@ async def test_a_failure_after_its_claim_was_taken_over_removes_nothing(containe
     assert await overtaken(container, fails) == {"owner": "second"}
 
 
-async def test_a_claim_is_stale_only_after_the_longest_a_live_owner_can_hold_it(azurite: Azurite):
-    # Short model attempts, but the deadline (default 220 s) still bounds a draw and its download.
+@pytest.mark.parametrize("storage_timeout", ["10", "100"])
+async def test_a_claim_is_stale_only_after_the_longest_a_live_owner_can_hold_it(azurite: Azurite, storage_timeout):
+    # Short model attempts, but the deadline (default 220 s) still bounds a draw and its download;
+    # each of the claim's four storage calls may take its whole timeout, however long that is.
     settings = Settings.from_env({"AzureWebJobsStorage": azurite.connection_string, "OPENAI_API_KEY": "sk",
-                                  "VISIONARY_MODEL_TIMEOUT_SECONDS": "5", "VISIONARY_MODEL_MAX_RETRIES": "0"})
+                                  "VISIONARY_MODEL_TIMEOUT_SECONDS": "5", "VISIONARY_MODEL_MAX_RETRIES": "0",
+                                  "VISIONARY_STORAGE_TIMEOUT_SECONDS": storage_timeout})
     app = Clients(settings)
     try:
         stale_after = app.guards.ledger.stale_after.total_seconds()
     finally:
         await app.close()
-    assert stale_after > settings.models.deadline_seconds + 3 * settings.storage.timeout_seconds
+    assert stale_after > settings.models.deadline_seconds + 4 * settings.storage.timeout_seconds

@@ -47,9 +47,10 @@ class Clients:
         system = self.gallery.system_container(storage.system_container)
         cap = self.settings.max_images_per_day
         models = self.settings.models
-        # A live owner holds its claim for at most the model deadline and a few storage calls
-        # (sign, the cap, the upload); a claim older than that lost its owner mid-generation.
-        stale_after = timedelta(seconds=models.deadline_seconds + 3 * storage.timeout_seconds + 60)
+        # A live owner holds its claim for at most the model deadline and four storage calls (the
+        # claim, the cap's slot, the upload, the answer's record), each within its timeout; a
+        # claim older than that, and a minute's margin, lost its owner mid-generation.
+        stale_after = timedelta(seconds=models.deadline_seconds + 4 * storage.timeout_seconds + 60)
         return Guards(
             cap=DailyCap(system, cap, timeout=storage.timeout_seconds) if cap is not None else None,
             ledger=IdempotencyLedger(
