@@ -193,8 +193,9 @@ class DailyCap:
 
         The record keeps the ids of its last writes. So a write whose answer was lost (the SDK's
         retry then meets a conflict, perhaps after another instance wrote) is known to have
-        landed, and is not made twice; and the takes of an earlier write of ours that landed
-        without an answer (its requests were told 503) are given back, once.
+        landed, and is not made twice; the takes of an earlier write of ours that landed
+        without an answer (its requests were told 503) are given back, once; and the
+        give-backs of one that never landed, or never went out, are made.
         """
         changes = sorted(changes, key=lambda change: change.step > 0)
         blob = self.container.get_blob_client(f"cost-guard/{day}.json")
