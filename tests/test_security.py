@@ -133,6 +133,8 @@ async def test_no_prompt_or_model_error_can_forge_a_log_line(api: Api, openai_en
         pytest.param(UNREACHABLE_STORAGE, id="unreachable"),
         pytest.param(UNREACHABLE_STORAGE + "NoEqualsSign", id="malformed"),
         pytest.param(UNREACHABLE_STORAGE.replace(ACCOUNT_KEY, "SECRET-key-not-base64"), id="key-not-base64"),
+        # A key pasted with a zero-width space: not ASCII, which base64 refuses another way.
+        pytest.param(UNREACHABLE_STORAGE.replace(ACCOUNT_KEY, ACCOUNT_KEY + "\u200b"), id="key-not-ascii"),
     ],
 )
 async def test_a_storage_failure_is_a_503_that_names_no_key(api: Api, offline_env, monkeypatch, connection_string):

@@ -21,8 +21,10 @@ def test_storage_sources_in_their_order():
     assert storage(everything).connection_string.startswith("DefaultEndpointsProtocol=https")
     del everything["VISIONARY_STORAGE_CONNECTION_STRING"]
     assert storage(everything).account_name == "nodeacct"
-    del everything["accountKey"]  # a name alone is not enough
+    del everything["accountKey"]  # a name alone is not enough, and is named
     assert storage(everything).account_url == "https://mi.blob.core.windows.net"
+    assert problems(everything) == ["accountName and accountKey go together: set both, or neither."]
+    del everything["accountName"]
     del everything["VISIONARY_STORAGE_ACCOUNT_URL"]
     assert storage(everything).connection_string == AZURITE
     assert storage({}) is None
@@ -72,6 +74,30 @@ def test_numbers_are_plain_ascii_decimals(value: str):
     [problem] = problems({"VISIONARY_PAGE_SIZE": value})
     assert problem == f"VISIONARY_PAGE_SIZE must be a whole number from 1 to 500, not {value!r}."
     assert Settings.from_env({"VISIONARY_PAGE_SIZE": value}).page_size == 50  # the request still gets an answer
+
+
+def test_a_number_too_long_for_int_is_named_not_a_500():
+    [problem] = problems({"VISIONARY_PAGE_SIZE": "5" * 5000})
+    assert problem.startswith("VISIONARY_PAGE_SIZE must be a whole number") and len(problem) < 200
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"accountKey": "a2V5", "AzureWebJobsStorage": AZURITE}, "accountName and accountKey go together"),
+        ({"accountName": "my gallery", "accountKey": "a2V5"}, "accountName must be a storage account's name"),
+        ({"AzureWebJobsStorage__accountName": "Host_Acct"}, "AzureWebJobsStorage__accountName must be"),
+        ({"VISIONARY_STORAGE_ACCOUNT_URL": "https://"}, "VISIONARY_STORAGE_ACCOUNT_URL must be an https:// URL"),
+        ({"AzureWebJobsStorage__blobServiceUri": "https://[::1"}, "AzureWebJobsStorage__blobServiceUri must be"),
+    ],
+)
+def test_storage_settings_that_cannot_reach_the_intended_account_are_named(env: dict[str, str], named: str):
+    # Half of the Node version's pair fell through to the host's own account; the rest were 500s.
+    [problem] = problems(env)
+    assert problem.startswith(named)
+    with pytest.raises(ApiError) as refused:
+        Settings.from_env(env).require_storage()
+    assert refused.value.code == "not_configured"
 
 
 def test_decimal_settings_take_fractions():

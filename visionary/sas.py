@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -118,7 +117,7 @@ class AccountKeySigner:
     def __init__(self, policy: SasPolicy, account_key: str) -> None:
         try:
             base64.b64decode(account_key, validate=True)
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or a character that is not ASCII (a pasted zero-width space)
             raise ApiError.not_configured(
                 "The storage account key is not valid base64: check the accountKey setting or the key in the storage connection string."
             ) from None

@@ -255,9 +255,11 @@ def _storage(env: _Reader) -> StorageSettings | None:
     )
     if connection_string := env.text("VISIONARY_STORAGE_CONNECTION_STRING"):
         return StorageSettings(connection_string=connection_string, **common)
-    name, key = env.text("accountName"), env.text("accountKey")
+    name, key = env.account_name("accountName"), env.text("accountKey")
     if name and key:
         return StorageSettings(account_name=name, account_key=key, **common)
+    if name or key:  # half of the Node version's pair would quietly fall through to another account
+        env.problem("accountName and accountKey go together: set both, or neither.")
     client_id = identity.client_id(env.environ)
     if account_url := env.https_url("VISIONARY_STORAGE_ACCOUNT_URL"):
         return StorageSettings(account_url=account_url.rstrip("/"), client_id=client_id, **common)
@@ -266,7 +268,7 @@ def _storage(env: _Reader) -> StorageSettings | None:
     # The Functions host's own identity-based storage connection, when it has one.
     if service_uri := env.https_url("AzureWebJobsStorage__blobServiceUri"):
         return StorageSettings(account_url=service_uri.rstrip("/"), client_id=client_id, **common)
-    if account := env.text("AzureWebJobsStorage__accountName"):
+    if account := env.account_name("AzureWebJobsStorage__accountName"):
         return StorageSettings(account_url=f"https://{account}.blob.core.windows.net", client_id=client_id, **common)
     return None
 
@@ -312,6 +314,8 @@ _CONTAINER_NAME = re.compile(r"(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
 _IMAGE_SIZE = re.compile(r"auto|[1-9][0-9]{1,4}x[1-9][0-9]{1,4}")
 # Plain ASCII decimals: int() and float() would also take "1_000", "٣" and "1e3".
 _WHOLE = re.compile(r"[0-9]+")
+MAX_NUMBER_CHARS = 32
+ACCOUNT_NAME = re.compile(r"[a-z0-9]{3,24}")  # what Azure allows; Azurite's devstoreaccount1 too
 _DECIMAL = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
 
 
@@ -344,7 +348,7 @@ class _Reader:
     def https_url(self, name: str) -> str | None:
         """An account URL for a managed identity, which signs in over HTTPS only."""
         value = self.text(name)
-        if value is not None and not value.lower().startswith("https://"):
+        if value is not None and (not value.lower().startswith("https://") or not _hostname(value)):
             self.problem(f"{name} must be an https:// URL: a managed identity signs in over HTTPS only.")
         elif value is not None and ("?" in value or "#" in value):
             # A SAS pasted from the portal would ride along in every link the app hands out.
@@ -356,17 +360,21 @@ class _Reader:
         value = self.text(name)
         if value is None:
             return None
-        try:
-            parts = urlsplit(value)
-        except ValueError:  # such as an unclosed [IPv6 host
-            parts = urlsplit("")
-        if parts.scheme.lower() not in ("http", "https") or not parts.hostname or "?" in value or "#" in value:
+        scheme = value.split(":", 1)[0].lower()
+        if scheme not in ("http", "https") or not _hostname(value) or "?" in value or "#" in value:
             # The value is not repeated: a SAS pasted with it must not reach a response.
             self.problem(
                 f"{name} must be an http:// or https:// URL with no query, such as https://cdn.example.com/images."
             )
             return None
         return value.rstrip("/")
+
+    def account_name(self, name: str) -> str | None:
+        """A storage account's name, as Azure allows one (not repeated: it may be a pasted key)."""
+        value = self.text(name)
+        if value is not None and not ACCOUNT_NAME.fullmatch(value):
+            self.problem(f"{name} must be a storage account's name: 3 to 24 lowercase letters and digits.")
+        return value
 
     def integer(self, name: str, default: int, low: int, high: int) -> int:
         return int(self.number(name, default, low, high, whole=True))
@@ -387,11 +395,13 @@ class _Reader:
         if raw is None:
             return default
         value: float | None = None
-        if (_WHOLE if whole else _DECIMAL).fullmatch(raw):
+        # The length first: int() refuses over 4,300 digits with a ValueError.
+        if len(raw) <= MAX_NUMBER_CHARS and (_WHOLE if whole else _DECIMAL).fullmatch(raw):
             value = int(raw) if whole else float(raw)
         if value is None or not low <= value <= high:
             kind = "a whole number" if whole else "a number"
-            self.problem(f"{name} must be {kind} from {low} to {high}, not {raw!r}.")
+            shown = raw if len(raw) <= MAX_NUMBER_CHARS else raw[:MAX_NUMBER_CHARS] + "..."
+            self.problem(f"{name} must be {kind} from {low} to {high}, not {shown!r}.")
             return default
         return value
 
@@ -406,3 +416,10 @@ def auth_level(environ: Mapping[str, str] | None = None) -> str:
     if value in ("", "anonymous"):
         return "ANONYMOUS"
     return "FUNCTION"
+
+
+def _hostname(url: str) -> str | None:
+    try:
+        return urlsplit(url).hostname
+    except ValueError:  # such as an unclosed [IPv6 host
+        return None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -34,14 +33,13 @@ from visionary.cursors import decode_cursor, encode_cursor, invalid_cursor
 from visionary.errors import ApiError
 from visionary.identity import azure_credential
 from visionary.sas import AccountKeySigner, ReadSas, ReadSigner, SasPolicy, UserDelegationSigner
-from visionary.settings import StorageSettings
+from visionary.settings import ACCOUNT_NAME, StorageSettings
 from visionary.shared_reads import SharedReads
 
 CACHE_CONTROL = "public, max-age=31536000, immutable"
 # When to look for the blob of an upload that failed on a timeout (seconds between looks).
 CLEANUP_PAUSES = (1, 2, 4, 8, 15, 30, 60, 120)
 MAX_CLASH_RETRIES = 50
-ACCOUNT_NAME = re.compile(r"[a-z0-9]{3,24}")  # what Azure allows; Azurite's devstoreaccount1 too
 # Azure caps all metadata of a blob (names and values) at 8 KiB. The 192 left over hold what
 # is added outside the budget: `upload_id` (41 characters) and `prompt_truncated` (20).
 METADATA_BUDGET = 8000
