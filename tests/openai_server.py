@@ -55,6 +55,10 @@ IMAGE_ERRORS = {
                            "content_filter_result": {"violence": {"filtered": True, "severity": "high"}}},
         },
     ),
+    "content_filter_image": (  # Azure OpenAI's image generation, as Microsoft documents it: camelCase
+        400,
+        {"code": "contentFilter", "message": "Your task failed as a result of our safety system."},
+    ),
     "rate_limit": (
         429,
         {
@@ -110,6 +114,7 @@ class Behaviour:
     raw_answer: tuple[str, str] | None = None  # (body, content type): a 200 that breaks the protocol
     link: str | None = None  # the image link to answer with, as given (a broken one, say)
     suggestion: str = '"A lighthouse on a cliff at dusk, impressionism, oil painting"'
+    finish_reason: str = "stop"  # or "length" (out of tokens), "content_filter" (Azure's output filter)
 
 
 @dataclass
@@ -246,7 +251,7 @@ class OpenAIServer:
                         "index": 0,
                         "message": {"role": "assistant", "content": b.suggestion, "refusal": None},
                         "logprobs": None,
-                        "finish_reason": "stop",
+                        "finish_reason": b.finish_reason,
                     }
                 ],
                 "usage": {"prompt_tokens": 60, "completion_tokens": 20, "total_tokens": 80},

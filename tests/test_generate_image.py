@@ -83,7 +83,8 @@ async def test_a_model_named_in_any_script_is_stored_with_its_picture(
 @pytest.mark.parametrize(
     "link",
     ["http://127.0.0.1:99999/x.png?sig=S", "http://[::1/x.png", "http://127.0.0.1:9/x\u0000.png",
-     "http://\u00e9xample..com/x.png", "ftp://127.0.0.1/x.png", "/files/relative.png", ""],
+     "http://\u00e9xample..com/x.png", "ftp://127.0.0.1/x.png", "/files/relative.png", "",
+     "http://xn--/x.png", "http://xn--ls8h.la/x.png"],  # hosts IDNA cannot decode
 )
 async def test_a_broken_image_link_is_the_model_services_error(
     api: Api, openai_env: OpenAIServer, container, link: str
@@ -155,6 +156,7 @@ async def test_no_model_service_is_a_503_naming_the_settings(api: Api, storage_e
         ("content_policy", 400, "content_policy_violation", 1),
         ("moderation_blocked", 400, "content_policy_violation", 1),
         ("content_filter", 400, "content_policy_violation", 1),
+        ("content_filter_image", 400, "content_policy_violation", 1),
         ("server_error", 502, "upstream_error", 2),  # one try and the SDK's one retry
         ("bad_key", 502, "upstream_error", 1),
         ("slow", 504, "upstream_timeout", 2),

@@ -56,10 +56,19 @@ async def test_chat_failures_are_json_errors(api: Api, openai_env: OpenAIServer,
     assert answer.json()["code"] == code
 
 
-async def test_an_empty_answer_is_an_upstream_error(api: Api, openai_env: OpenAIServer):
-    openai_env.behaviour.suggestion = '  ""  '
+@pytest.mark.parametrize("text", ['  ""  ', '"""', "\u200b\u200d\ufe0f", "\u201c \u201d", "..."])
+async def test_an_answer_with_no_words_is_an_upstream_error(api: Api, openai_env: OpenAIServer, text: str):
+    openai_env.behaviour.suggestion = text
     answer = await api.suggest()
-    assert answer.status == 502 and answer.json()["code"] == "upstream_error"
+    assert answer.status == 502 and answer.json()["code"] == "upstream_error", answer.body
+
+
+@pytest.mark.parametrize("finish_reason", ["length", "content_filter"])
+async def test_an_answer_cut_short_is_no_suggestion(api: Api, openai_env: OpenAIServer, finish_reason: str):
+    # A reasoning model out of tokens, or Azure's output filter, may leave a fragment: "A fox in".
+    openai_env.behaviour.suggestion, openai_env.behaviour.finish_reason = "A fox in", finish_reason
+    answer = await api.suggest()
+    assert answer.status == 502 and answer.json()["code"] == "upstream_error", answer.body
 
 
 async def test_offline_suggestions_vary_and_name_genre_and_medium(api: Api, offline_env):
@@ -91,6 +100,9 @@ def test_clean_strips_wrapping_quotes_only():
     assert clean("\u00abBonjour\u00bb") == "Bonjour"
     assert clean('He said "hi"') == 'He said "hi"'
     assert clean('"') == '"'
+    # Two quoted phrases: their outer quotes are no pair.
+    assert clean('"Starry Night" as a cyberpunk city, "4K"') == '"Starry Night" as a cyberpunk city, "4K"'
+    assert clean("'The fox's den at dawn, watercolor'") == "The fox's den at dawn, watercolor"
 
 
 async def test_a_refused_suggestion_asks_no_one_to_rephrase(api: Api, openai_env: OpenAIServer):

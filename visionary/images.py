@@ -140,7 +140,7 @@ async def download(client: httpx.AsyncClient, url: str) -> bytes:
             return b"".join(chunks)
     except httpx.TimeoutException:
         raise ApiError.upstream_timeout() from None
-    except httpx.HTTPError:
+    except (httpx.HTTPError, ValueError):  # ValueError: a host IDNA cannot decode, here or redirected to
         raise _broken_link() from None
 
 
@@ -150,7 +150,7 @@ def _link(url: str) -> httpx.URL:
         link = httpx.URL(url)
     except httpx.InvalidURL:
         raise _broken_link() from None
-    if link.scheme not in ("http", "https") or not link.host or not 0 < (link.port or 80) < 65536:
+    if link.scheme not in ("http", "https") or not link.raw_host or not 0 < (link.port or 80) < 65536:
         raise _broken_link()
     return link
 

@@ -41,6 +41,9 @@ T = TypeVar("T")
 # What reading an answer's fields can raise: the SDK does not validate answers, so a
 # compatible server's any JSON (or HTML) reaches its callers as it came.
 MALFORMED_ANSWER = (AttributeError, TypeError, IndexError, KeyError)
+# A refused prompt's error codes, as compared (lower case, no underscores): OpenAI's, gpt-image's,
+# and Azure OpenAI's (content_filter for chat, contentFilter for images).
+REFUSALS = ("contentpolicyviolation", "moderationblocked", "contentfilter")
 _ERROR_CODE = re.compile(r"\d{3}|[A-Za-z][A-Za-z_]{0,39}")
 
 
@@ -137,7 +140,7 @@ async def call_model(
             "The model service is rate limiting requests; try again later.", retry_after(error.response.headers)
         ) from None
     except openai.BadRequestError as error:
-        if _code(error) in ("content_policy_violation", "moderation_blocked", "content_filter"):
+        if (_code(error) or "").replace("_", "").lower() in REFUSALS:
             raise refused() from None
         raise _upstream(error) from None
     except openai.APIStatusError as error:

@@ -117,7 +117,7 @@ class AccountKeySigner:
     def __init__(self, policy: SasPolicy, account_key: str) -> None:
         try:
             base64.b64decode(account_key, validate=True)
-        except ValueError:  # binascii.Error, or a character that is not ASCII (a pasted zero-width space)
+        except ValueError:  # binascii.Error, or a character that is not ASCII (a zero-width space)
             raise ApiError.not_configured(
                 "The storage account key is not valid base64: check the accountKey setting or the key in the storage connection string."
             ) from None

@@ -27,6 +27,7 @@ REQUEST = (
     "picture, for example oil painting, watercolor, photo-realistic, 4K, abstract, modern, "
     "black and white."
 )
+CUT_SHORT = ("length", "content_filter")  # finish reasons of an answer that stopped mid-way
 _QUOTES = {'"': '"', "'": "'", "\u201c": "\u201d", "\u2018": "\u2019", "\u00ab": "\u00bb", "`": "`"}
 
 
@@ -37,9 +38,20 @@ class SuggestionProvider(Protocol):
 def clean(text: str) -> str:
     """Trimmed, without the quotes models like to wrap a prompt in: a prompt generateImage takes."""
     text = without_forbidden(text).strip()
-    while len(text) >= 2 and _QUOTES.get(text[0]) == text[-1]:
+    while _wrapped_whole(text):
         text = text[1:-1].strip()
     return text
+
+
+def _wrapped_whole(text: str) -> bool:
+    """Whether one pair of quotes wraps the whole text: not `"Starry Night" ... "4K"`, two
+    quoted phrases, whose outer quotes are not a pair. An apostrophe inside a word is no quote."""
+    if len(text) < 2 or _QUOTES.get(text[0]) != text[-1]:
+        return False
+    marks = (text[0], text[-1])
+    return not any(
+        ch in marks and not (text[i - 1].isalpha() and text[i + 1].isalpha()) for i, ch in enumerate(text[1:-1], 1)
+    )
 
 
 class ChatSuggestions:
@@ -73,9 +85,15 @@ class ChatSuggestions:
 
 
 def _first_text(completion: Any) -> str:
-    """The first choice's text, cleaned; empty when there is none (the answer may be any JSON)."""
+    """The first choice's text, cleaned; empty when there is none (the answer may be any JSON),
+    when it was cut short (out of tokens, which a reasoning model may spend on thinking, or by
+    a content filter: a fragment is no prompt), or when it holds no letter or digit at all."""
     try:
-        content = completion["choices"][0]["message"]["content"]
+        choice = completion["choices"][0]
+        content, finish_reason = choice["message"]["content"], choice.get("finish_reason")
     except MALFORMED_ANSWER:
         return ""
-    return clean(content) if isinstance(content, str) else ""
+    if not isinstance(content, str) or finish_reason in CUT_SHORT:
+        return ""
+    text = clean(content)
+    return text if any(ch.isalnum() for ch in text) else ""
