@@ -1,6 +1,7 @@
 import asyncio
 import gzip
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import pytest
 
 from tests.azurite import ROOT, Azurite, free_port, stop_process, wait_until_listening
 from tests.conftest import start_local_host
-from tests.served import ROOT_ENV, ServedApp
+from tests.served import NO_LOCAL_SETTINGS, ROOT_ENV, ServedApp
 from visionary.localhost import MAX_BODY_BYTES, HostConfig, HostConfigError, routes_of
 
 
@@ -296,3 +297,45 @@ async def test_serve_reports_a_mistyped_provider_instead_of_drawing_offline(azur
     assert "Setting to fix: VISIONARY_PROVIDER" in output and "OFFLINE" not in output
     # Well formed, but too short for generateImage's storage steps: named at start-up too.
     assert "Setting to fix: VISIONARY_REQUEST_DEADLINE_SECONDS must be more than three times" in output
+
+
+async def test_ctrl_c_on_the_development_stack_keeps_the_pictures_just_stored(tmp_path):
+    # Ctrl-C signals the terminal's whole process group. Azurite in it began closing at once,
+    # died at the stack's own signal mid-close, and lost the last seconds (it saves every 5 s).
+    port, azurite = free_port(), Azurite(free_port())  # not started: the stack starts its own
+    env = {**ROOT_ENV, "AzureWebJobsStorage": azurite.connection_string, "VISIONARY_PROVIDER": "offline"}
+    stack = (
+        "import sys; from pathlib import Path; from visionary.__main__ import run_stack; "
+        "from visionary.localhost import HostConfig; "
+        f"sys.exit(run_stack(HostConfig.load(settings=Path({NO_LOCAL_SETTINGS[1]!r})), '127.0.0.1', {port}, "
+        f"{azurite.port}, Path({str(tmp_path / 'azurite')!r})))"
+    )
+
+    async def in_a_terminal(work) -> None:
+        output = tmp_path / "stack.log"
+        process = subprocess.Popen([sys.executable, "-c", stack], cwd=ROOT, env=env, start_new_session=True,
+                                   stdout=output.open("w"), stderr=subprocess.STDOUT)
+        try:
+            wait_until_listening(process, port)
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:
+                await work(http)
+            os.killpg(process.pid, signal.SIGINT)  # as Ctrl-C does
+            assert process.wait(timeout=30) == 0
+            assert "Stopping: finishing the requests under way" in output.read_text()
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+
+    async def store_three(http: httpx.AsyncClient) -> None:
+        for i in range(3):
+            assert (await http.post("/api/generateImage", json={"prompt": f"Kept {i}"})).status_code == 201
+        await asyncio.sleep(1)  # within Azurite's 5 s between saves
+
+    listed: list[str] = []
+
+    async def list_them(http: httpx.AsyncClient) -> None:
+        listed.extend(image["prompt"] for image in (await http.get("/api/getImages")).json()["imageUrls"])
+
+    await in_a_terminal(store_three)
+    await in_a_terminal(list_them)
+    assert listed == ["Kept 2", "Kept 1", "Kept 0"]

@@ -88,32 +88,44 @@ def serve_app(config: HostConfig, host: str, port: int) -> int:
     from visionary import clients
 
     application = LocalHost(function_app.app.get_functions(), config).application()
+    application.on_shutdown.append(_say_stopping)  # the requests under way may take minutes
     application.on_cleanup.append(lambda _: clients.close_all())
     print(f"VisionaryAI on http://{host}:{port}  (API under /{config.route_prefix}, gallery at /)", flush=True)
     web.run_app(application, host=host, port=port, print=None, access_log=None)
     return 0
 
 
-def run_stack(config: HostConfig, host: str, port: int) -> int:
-    """Azurite with its data under .azurite/ (the gallery survives a restart), then the host."""
-    if _taken("127.0.0.1", AZURITE_PORT):
-        print(f"Port {AZURITE_PORT}, Azurite's, is already in use. If an Azurite is running there, serve the app "
+def run_stack(
+    config: HostConfig, host: str, port: int, azurite_port: int = AZURITE_PORT, data: Path = ROOT / ".azurite"
+) -> int:
+    """Azurite with its data under .azurite/ (the gallery survives a restart), then the host.
+
+    On another `azurite_port`, name its connection string in AzureWebJobsStorage (or any storage
+    setting): the default, UseDevelopmentStorage=true, is Azurite on 10000.
+    """
+    if _taken("127.0.0.1", azurite_port):
+        print(f"Port {azurite_port}, Azurite's, is already in use. If an Azurite is running there, serve the app "
               "alone against it: .venv/bin/python -m visionary serve", file=sys.stderr)
         return 1
     if taken := _taken(host, port):
         print(taken, file=sys.stderr)
         return 1
     azurite = subprocess.Popen(
-        [str(ROOT / "node_modules" / ".bin" / "azurite-blob"), "--location", str(ROOT / ".azurite"),
-         "--blobHost", "127.0.0.1", "--blobPort", str(AZURITE_PORT), "--skipApiVersionCheck",
+        [str(ROOT / "node_modules" / ".bin" / "azurite-blob"), "--location", str(data),
+         "--blobHost", "127.0.0.1", "--blobPort", str(azurite_port), "--skipApiVersionCheck",
          "--disableTelemetry", "--silent"],
         stdout=subprocess.DEVNULL,
+        # Out of the terminal's process group: Ctrl-C reaches the host alone, which finishes its
+        # requests (they may still store pictures), then stops Azurite below with one signal.
+        # Signalled along with the host, Azurite began closing at once, died at the second
+        # signal mid-close, and lost what it had not yet saved (it saves every 5 s).
+        start_new_session=True,
     )
     try:
-        if not _wait_for("127.0.0.1", AZURITE_PORT, azurite):
+        if not _wait_for("127.0.0.1", azurite_port, azurite):
             print("Azurite did not start; see the messages above.", file=sys.stderr)
             return 1
-        print(f"Azurite on http://127.0.0.1:{AZURITE_PORT} (data in .azurite/)", flush=True)
+        print(f"Azurite on http://127.0.0.1:{azurite_port} (data in {data.name}/)", flush=True)
         os.environ.setdefault("AzureWebJobsStorage", "UseDevelopmentStorage=true")
         return serve_app(config, host, port)
     except KeyboardInterrupt:
@@ -165,6 +177,10 @@ async def _migrate(settings: StorageSettings, dry_run: bool) -> Report:
         )
     finally:
         await gallery.close()
+
+
+async def _say_stopping(_: object) -> None:
+    print("Stopping: finishing the requests under way (a model may take minutes).", flush=True)
 
 
 def _taken(host: str, port: int) -> str | None:
