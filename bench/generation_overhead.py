@@ -10,7 +10,8 @@ download would cost.
 
 All run in this process: generateImage through its registered handler (the model server
 runs in a process of its own, so its work is not counted as ours), the uploads with the
-same storage SDK. Peak memory is read from a local host process serving 16 concurrent requests.
+app's own storage client (the same SDK on the same transport settings). Peak memory is
+read from a local host process serving 16 concurrent requests.
 """
 
 from __future__ import annotations
@@ -37,19 +38,18 @@ async def main() -> None:
     try:
         env = app_env(azurite, OPENAI_API_KEY="sk-bench", OPENAI_BASE_URL=f"{model.url}/v1")
         use_env(env)
-        await _overhead(azurite, model.url, image)
+        await _overhead(model.url, image)
         await _peak_memory(env)
     finally:
         model.stop()
         azurite.stop()
 
 
-async def _overhead(azurite: Azurite, model_url: str, image: bytes) -> None:
+async def _overhead(model_url: str, image: bytes) -> None:
     import aiohttp
     import azure.functions as func
     import pybase64
     from azure.storage.blob import BlobBlock
-    from azure.storage.blob.aio import BlobServiceClient
 
     import function_app
     from visionary import clients
@@ -64,8 +64,9 @@ async def _overhead(azurite: Azurite, model_url: str, image: bytes) -> None:
         response = await handler(request)
         assert response.status_code == 201, response.get_body()
 
-    service = BlobServiceClient.from_connection_string(azurite.connection_string)
-    container = service.get_container_client(f"bare-{uuid.uuid4().hex[:12]}")
+    # The app's own storage client, so the floor runs on the same transport settings as ours
+    # (a default client would also look for a .netrc file in a thread on every request).
+    container = clients.current().gallery.service.get_container_client(f"bare-{uuid.uuid4().hex[:12]}")
     await container.create_container()
 
     async def bare_upload(data: bytes = image) -> None:
@@ -106,7 +107,6 @@ async def _overhead(azurite: Azurite, model_url: str, image: bytes) -> None:
                                  "plain sdk": plain_sdk_then_upload, "http": http_then_upload,
                                  "receive": receive, "blocks": staged_blocks}, RUNS)
     await session.close()
-    await service.close()
     await clients.close_all()
     ours, floor, sdk = timings["ours"], timings["floor"], timings["sdk"]
 

@@ -20,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.azurite import free_port, stop_process, wait_until_listening  # noqa: E402
 from tests.openai_server import OpenAIServer  # noqa: E402
+from visionary.allocator import keep_freed_pages  # noqa: E402
 
 
 @dataclass
@@ -43,6 +44,10 @@ class ModelServerProcess:
 
 
 async def serve(port: int, image: bytes, delay: float) -> None:
+    # A steady stand-in for the model service: without this, glibc gave each 2 MB answer fresh
+    # pages every other request, and the answers arrived 1.1 ms slower and faster in turn, a
+    # bias on whichever call the benchmark's order put after another model call.
+    keep_freed_pages()
     server = OpenAIServer(port=port)
     server.reset(image=image)
     server.behaviour.delay = delay
