@@ -178,7 +178,7 @@ class DailyCap:
                     if self._maybe is not None:  # a write sent without an answer may still land
                         self._unanswered.append(self._maybe)
                         self._maybe = None
-                    elif gives := -sum(change.step for change in changes if change.step < 0):
+                    elif gives := _gives(changes):
                         # Never sent: the day's next write gives these slots back.
                         self._unanswered.append(_Write(day, uuid.uuid4().hex, 0, gives=gives, sent=False))
                     # Cancelled (the process shuts down): the requests hear storage failed.
@@ -226,8 +226,7 @@ class DailyCap:
                     change.settle(False)
                 return
             takes = sum(change.step for change, fits in zip(changes, granted) if fits and change.step > 0)
-            gives = -sum(change.step for change in changes if change.step < 0)
-            write = _Write(day, uuid.uuid4().hex, takes, frozenset(u.write_id for u in landed + unlanded), gives)
+            write = _Write(day, uuid.uuid4().hex, takes, frozenset(u.write_id for u in landed + unlanded), _gives(changes))
             data = {"count": count, "writes": [*history, write.write_id][-RECENT_WRITES:]}
             self._maybe = write
             written = await write_record(blob, data, record.etag, write.write_id)
@@ -289,6 +288,11 @@ class _Write:
     settles: frozenset[str] = frozenset()  # earlier unanswered writes it saw to: their takes, their gives
     gives: int = 0  # slots it gave back: given back again by a later write if it never landed
     sent: bool = True  # False: its batch failed before it was sent, so its gives are still to make
+
+
+def _gives(changes: list[_Change]) -> int:
+    """The slots these changes give back."""
+    return -sum(change.step for change in changes if change.step < 0)
 
 
 def _never_landed(write: _Write, history: list[str], settled: set[str]) -> bool:
