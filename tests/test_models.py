@@ -1,3 +1,4 @@
+import asyncio
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
@@ -42,6 +43,42 @@ async def test_every_model_429_answers_with_a_usable_retry_after(api: Api, opena
         assert answer.status == 429 and answer.json()["code"] == "rate_limited"
         assert 1 <= int(answer.headers["Retry-After"]) <= MAX_RETRY_AFTER_SECONDS
         assert answer.headers["Access-Control-Expose-Headers"] == "Retry-After"  # readable cross-origin
+
+
+async def test_a_short_wait_is_sat_out_by_the_sdks_retries(api: Api, openai_env: OpenAIServer, monkeypatch):
+    monkeypatch.setenv("VISIONARY_MODEL_MAX_RETRIES", "2")
+    openai_env.behaviour.error = "rate_limit"
+    openai_env.behaviour.retry_after = "0.2"
+    answer = await api.generate({"prompt": "A lighthouse"})
+    assert answer.status == 429
+    assert len(openai_env.model_calls()) == 3  # the first try and both retries
+
+
+@pytest.mark.parametrize("header", ["21", "100"])  # over MAX_WAIT_WITHIN_REQUEST_SECONDS
+async def test_a_429_asking_for_a_long_wait_is_passed_on_at_once(
+    api: Api, openai_env: OpenAIServer, monkeypatch, container, header
+):
+    # The SDK alone sits out a Retry-After of up to two minutes at each retry: the request
+    # would end in a 504 after minutes, in place of a 429 that says how long to wait.
+    monkeypatch.setenv("VISIONARY_MODEL_MAX_RETRIES", "2")
+    openai_env.behaviour.error = "rate_limit"
+    openai_env.behaviour.retry_after = header
+    async with asyncio.timeout(10):
+        answers = [await api.suggest(), await api.generate({"prompt": "A lighthouse"})]
+    for answer in answers:
+        assert (answer.status, answer.json()["code"]) == (429, "rate_limited"), answer.body
+        assert answer.headers["Retry-After"] == header
+    assert len(openai_env.model_calls()) == 2  # one each, no retries
+    assert await blob_names(container) == []
+
+
+async def test_an_account_out_of_quota_is_not_retried(api: Api, openai_env: OpenAIServer, monkeypatch):
+    monkeypatch.setenv("VISIONARY_MODEL_MAX_RETRIES", "2")
+    openai_env.behaviour.error = "insufficient_quota"
+    openai_env.behaviour.retry_after = "1"
+    answer = await api.generate({"prompt": "A lighthouse"})
+    assert (answer.status, answer.json()["code"]) == (502, "upstream_error")
+    assert len(openai_env.model_calls()) == 1  # no wait mends it: the SDK made no retries
 
 
 async def test_an_account_out_of_quota_is_not_told_to_retry(

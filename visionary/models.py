@@ -19,6 +19,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, TypedDict, TypeVar
 
 import aiohttp
+import httpx2
 import openai
 import pydantic_core
 from azure.core.credentials_async import AsyncTokenCredential
@@ -37,6 +38,10 @@ OPENAI_BASE_URL = "https://api.openai.com/v1"
 # When a model's 429 names no usable wait, or an absurd one: what our callers are told.
 DEFAULT_RETRY_AFTER_SECONDS = 10
 MAX_RETRY_AFTER_SECONDS = 24 * 60 * 60
+# The longest wait a 429 may ask for that the SDK sits out within a request. The SDK alone
+# would sit out up to two minutes at each retry, and the request would end in a 504 after
+# minutes; a longer wait goes to our caller at once, as a 429 with the service's Retry-After.
+MAX_WAIT_WITHIN_REQUEST_SECONDS = 20
 T = TypeVar("T")
 # What reading an answer's fields can raise: the SDK does not validate answers, so a
 # compatible server's any JSON (or HTML) reaches its callers as it came.
@@ -82,7 +87,9 @@ def open_service(settings: ModelSettings) -> ModelService:
     common = _ClientOptions(
         timeout=settings.timeout_seconds,
         max_retries=settings.max_retries,
-        http_client=openai.DefaultAioHttpClient(timeout=settings.timeout_seconds),
+        http_client=openai.DefaultAioHttpClient(
+            timeout=settings.timeout_seconds, event_hooks={"response": [_no_retry_unless_a_short_wait_mends]}
+        ),
     )
     if settings.provider != "azure":
         # A compatible server may need no key at all; the SDK insists on one.
@@ -104,6 +111,26 @@ def open_service(settings: ModelSettings) -> ModelService:
     credential = azure_credential(settings.client_id)
     token_provider = get_bearer_token_provider(credential, AZURE_SCOPE)
     return ModelService(openai.AsyncAzureOpenAI(azure_ad_token_provider=token_provider, **azure), credential)
+
+
+async def _no_retry_unless_a_short_wait_mends(response: httpx2.Response) -> None:
+    """Keep the SDK from retrying a 429 whose wait is long, or which no wait mends (an account
+    out of credit): our caller hears at once, not after minutes of retries.
+
+    The SDK's public switch is the service's own `x-should-retry` header, which it obeys.
+    """
+    if response.status_code != 429:
+        return
+    if retry_after(response.headers) > MAX_WAIT_WITHIN_REQUEST_SECONDS or await _out_of_quota(response):
+        response.headers["x-should-retry"] = "false"
+
+
+async def _out_of_quota(response: httpx2.Response) -> bool:
+    try:
+        body = json.loads(await response.aread())
+    except (ValueError, RecursionError):
+        return False
+    return _body_code(body) == "insufficient_quota"
 
 
 async def call_model(
@@ -213,7 +240,11 @@ def _loggable(code: str | None) -> str:
 def _code(error: openai.APIStatusError) -> str | None:
     if error.code:
         return str(error.code)
-    body = error.body
+    return _body_code(error.body)
+
+
+def _body_code(body: object) -> str | None:
+    """The code of an error body, OpenAI's shape (`{"error": {"code": ...}}`) or a bare one."""
     if isinstance(body, dict):
         inner = body.get("error", body)
         if isinstance(inner, dict) and inner.get("code"):
