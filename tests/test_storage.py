@@ -101,3 +101,14 @@ async def test_a_model_name_in_any_script_is_listed_as_it_was_stored(gallery: Ga
     await gallery.upload(png_bytes(), "image/png", "a cat", None, "modèle-1")
     [listed] = (await gallery.page(1, None)).images
     assert listed.model == "modèle-1"
+
+
+async def test_an_account_url_written_in_capitals_signs_with_the_accounts_name():
+    # Host names ignore case; the account's name, which signs every read link, is lower case.
+    settings = Settings.from_env({"VISIONARY_STORAGE_ACCOUNT_URL": "HTTPS://MyGallery.Blob.Core.Windows.Net/"})
+    assert settings.storage.account_url == "https://mygallery.blob.core.windows.net"
+    gallery = Gallery.from_settings(settings.require_storage())
+    try:
+        assert gallery.container.account_name == "mygallery"
+    finally:
+        await gallery.close()

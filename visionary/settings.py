@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, TypedDict, overload
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from visionary import identity
 from visionary.errors import ApiError
@@ -353,6 +353,11 @@ class _Reader:
         elif value is not None and ("?" in value or "#" in value):
             # A SAS pasted from the portal would ride along in every link the app hands out.
             self.problem(f"{name} must be the account's URL alone, without a query or a SAS.")
+        elif value is not None:
+            # Host names ignore case, but the storage SDK reads the account's name off the host as
+            # written, and a name in capitals is no account's: it would sign links with it.
+            scheme, host, path, _, _ = urlsplit(value)
+            return urlunsplit((scheme.lower(), host.lower(), path, "", ""))
         return value
 
     def link_base(self, name: str) -> str | None:
