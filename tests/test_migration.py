@@ -358,15 +358,22 @@ def test_a_name_is_printed_on_one_line():
     assert outcome.line() == f"left: two\\nlines 🦊_1700000000000.png: {NOT_AN_IMAGE}"
 
 
-def run_cli(connection_string: str, container: ContainerClient, *args: str) -> subprocess.CompletedProcess:
-    env = {
+def command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "visionary", "migrate", *args, *NO_LOCAL_SETTINGS]
+
+
+def command_env(connection_string: str, container: ContainerClient) -> dict[str, str]:
+    return {
         **ROOT_ENV,
         "VISIONARY_STORAGE_CONNECTION_STRING": connection_string,
         "VISIONARY_CONTAINER": container.container_name,
     }
+
+
+def run_cli(connection_string: str, container: ContainerClient, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "visionary", "migrate", *args, *NO_LOCAL_SETTINGS],
-        cwd=ROOT, env=env, capture_output=True, text=True, encoding="utf-8", timeout=120, check=False,
+        command(*args), cwd=ROOT, env=command_env(connection_string, container),
+        capture_output=True, text=True, encoding="utf-8", timeout=120, check=False,
     )
 
 
@@ -387,6 +394,22 @@ async def test_the_command_prints_the_plan_of_a_dry_run(
     assert lines[-1] == "dry run, nothing changed; a run would have: moved 3, resumed 0, left 4, conflicts 0"
     assert "AccountKey" not in result.stdout and storage_env.connection_string not in result.stdout
     assert await snapshot(container) == before
+
+
+async def test_the_command_stops_cleanly_when_its_output_is_closed(
+    container: ContainerClient, gallery: Gallery, storage_env: Azurite
+):
+    # As when piped into `head`: the reader has gone before the plan is printed.
+    await seed(container, gallery)
+    process = subprocess.Popen(
+        command("--dry-run"), cwd=ROOT, env=command_env(storage_env.connection_string, container),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    process.stdout.close()
+    _, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 1
+    assert stderr == "Stopped: the output was closed. Run again: it resumes where this run stopped.\n"
 
 
 async def test_the_command_exits_1_on_a_conflict(

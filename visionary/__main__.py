@@ -162,6 +162,11 @@ def migrate(config: HostConfig, dry_run: bool) -> int:
     except KeyboardInterrupt:
         print("Interrupted. Run again: it resumes where this run stopped.", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # nothing reads the report any more (`| head`)
+        # Python flushes stdout at exit: pointed at devnull, as its docs advise, that cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("Stopped: the output was closed. Run again: it resumes where this run stopped.", file=sys.stderr)
+        return 1
     print(report.summary())
     return 0 if report.ok else 1
 
