@@ -154,6 +154,19 @@ async def test_cors_from_local_settings_allows_only_listed_origins(storage_env):
     assert "access-control-allow-credentials" not in allowed.headers  # only when Host.CORSCredentials says so
 
 
+async def test_a_listed_origin_counts_in_any_case_as_browsers_send_it_in_lower_case(storage_env):
+    host = await start_local_host(HostConfig(cors=("http://LocalHost:3000",)))
+    try:
+        async with httpx.AsyncClient(base_url=host.url) as http:
+            preflight = await http.options(
+                "/api/generateImage",
+                headers={"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST"},
+            )
+    finally:
+        await host.runner.cleanup()
+    assert preflight.headers["access-control-allow-origin"] == "http://localhost:3000"
+
+
 async def test_cors_credentials_are_allowed_for_listed_origins_when_local_settings_say_so(storage_env):
     host = await start_local_host(HostConfig(cors=("http://localhost:3000",), cors_credentials=True))
     try:

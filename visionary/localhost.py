@@ -86,6 +86,11 @@ class HostConfig:
             )
         return cls(prefix, cors, values, number, credentials)
 
+    def allows(self, origin: str) -> bool:
+        """Whether script on `origin` may read the answers. As ASP.NET Core's CORS, which the
+        Functions host runs on, the listed origins count in lower case: browsers send theirs so."""
+        return "*" in self.cors or origin in (listed.lower() for listed in self.cors)
+
     def apply_values(self, environ: MutableMapping[str, str] = os.environ) -> None:
         """local.settings.json `Values` become settings; the environment wins."""
         for name, value in self.values.items():
@@ -251,7 +256,7 @@ class LocalHost:
     @web.middleware
     async def _cors(self, request: web.Request, handler) -> web.StreamResponse:
         origin = request.headers.get("Origin")
-        allowed_origin = origin if origin and ("*" in self.config.cors or origin in self.config.cors) else None
+        allowed_origin = origin if origin and self.config.allows(origin) else None
         if request.method == "OPTIONS" and origin and "Access-Control-Request-Method" in request.headers:
             # A preflight ends here, as in the host's CORS middleware: 204, and the CORS
             # headers only for an allowed origin (without them the browser refuses).
