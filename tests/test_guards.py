@@ -540,6 +540,30 @@ async def test_a_claim_whose_answer_was_lost_is_still_ours(lossy_storage: LossyS
     assert len(lossy_storage.lost) == 1 and len(calls) == 1
 
 
+async def test_a_claim_storage_made_after_its_request_gave_up_is_removed(
+    lossy_storage: LossyStorage, container_name: str
+):
+    # The claim lands, but its answer comes after the request's storage timeout: the request
+    # answers 503, and its marker, with no owner, must not hold the key "in progress" until stale.
+    calls = []
+
+    async def work() -> dict:
+        calls.append(1)
+        return {"drawn": len(calls)}
+
+    async with open_service_client(Settings.from_env().require_storage()) as service:
+        container = service.get_container_client(container_name)
+        ledger = IdempotencyLedger(container, wait_seconds=5, poll_seconds=0.1, timeout=0.5)
+        try:
+            lossy_storage.delay_answer("PUT", "/idempotency/", 1.0, conditional=False)
+            with pytest.raises(TimeoutError):
+                await ledger.once("order-45", "prompt", work)
+            assert calls == []
+            assert await ledger.once("order-45", "prompt", work) == {"drawn": 1}  # not 409 in_progress
+        finally:
+            ledger.late_writes.cancel()
+
+
 async def overtaken(container: ContainerClient, ending: Callable[[], Awaitable[dict]]) -> dict:
     """Start work under a key, let a repeat take the claim over (every claim is stale at once),
     then end the first work with `ending`; what the key answers afterwards."""

@@ -54,7 +54,11 @@ class Clients:
         return Guards(
             cap=DailyCap(system, cap, timeout=storage.timeout_seconds) if cap is not None else None,
             ledger=IdempotencyLedger(
-                system, stale_after=stale_after, timeout=storage.timeout_seconds, readable=StoredImage.is_record
+                system,
+                stale_after=stale_after,
+                timeout=storage.timeout_seconds,
+                readable=StoredImage.is_record,
+                late_writes=self.gallery.late_writes,  # cancelled when the gallery closes
             ),
         )
 

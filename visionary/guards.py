@@ -31,7 +31,7 @@ from azure.core.exceptions import (
 from azure.storage.blob.aio import BlobClient, ContainerClient
 
 from visionary.errors import ApiError
-from visionary.storage import ensure_container, error_code, made_by
+from visionary.storage import LateWrites, ensure_container, error_code, made_by
 
 log = logging.getLogger("visionary")
 
@@ -361,9 +361,11 @@ class IdempotencyLedger:
         poll_seconds: float = 0.25,
         timeout: float | None = None,
         readable: Callable[[dict], bool] = _any_answer,
+        late_writes: LateWrites | None = None,
     ) -> None:
         self.container = container
         self.readable = readable  # whether a recorded answer can be given again (not edited by hand)
+        self.late_writes = late_writes or LateWrites()  # claims sent without an answer
         self.timeout = timeout  # for each round trip to the marker
         self.wait_seconds = wait_seconds
         self.stale_after = stale_after
@@ -402,8 +404,15 @@ class IdempotencyLedger:
                 record = await read_record(self.container, blob, self._is_marker)
             if record.data is None or self._claimable(record.data, fingerprint):
                 running = {"fingerprint": fingerprint, "state": "running", "since": _now_iso()}
-                async with asyncio.timeout(self.timeout):
-                    claim = await write_record(blob, running, record.etag)
+                write_id = uuid.uuid4().hex
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        claim = await write_record(blob, running, record.etag, write_id)
+                except (TimeoutError, AzureError):
+                    # Storage may still make the claim: with no owner, it would keep the key
+                    # "in progress" until stale. Removed once storage answers, if it is ours.
+                    self.late_writes.remove(blob, "write_id", write_id, "an idempotency claim")
+                    raise
                 if claim:
                     return await self._work(blob, claim, fingerprint, work)
                 continue  # someone else claimed it in between: look again

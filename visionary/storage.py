@@ -106,6 +106,43 @@ class Page:
         }
 
 
+class LateWrites:
+    """Writes we gave up on (a timeout, storage away) that storage may still make.
+
+    Each is looked for over the next minutes and deleted once it appears, if it is still
+    the one we sent (its metadata names our write): a request that answered an error
+    must leave nothing behind.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task] = set()
+
+    def remove(self, blob: BlobClient, key: str, write: str, label: str) -> None:
+        """Delete `blob` when it appears with metadata `key` == `write`; `label` names it in the log."""
+        task = asyncio.get_running_loop().create_task(_remove_if_made_by(blob, key, write, label))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def cancel(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+
+async def _remove_if_made_by(blob: BlobClient, key: str, write: str, label: str) -> None:
+    for pause in CLEANUP_PAUSES:
+        await asyncio.sleep(pause)
+        try:
+            properties = await blob.get_blob_properties()
+            if properties.metadata.get(key) == write:
+                await blob.delete_blob(etag=properties.etag, match_condition=MatchConditions.IfNotModified)
+                log.warning("removed %s: it was stored after its request had failed", label)
+            return
+        except ResourceNotFoundError:
+            continue  # not (yet) there: the request may still be on its way
+        except AzureError:
+            continue  # storage still away
+
+
 class Gallery:
     """The gallery container, with the signer that makes its read links."""
 
@@ -124,7 +161,7 @@ class Gallery:
         self.service = service  # owns the connection pool the container client borrows
         self.timeout = timeout  # a deadline for each storage operation, retries included
         self._credential = credential
-        self._cleanups: set[asyncio.Task] = set()
+        self.late_writes = LateWrites()  # failed uploads, and the system container's failed writes
         # Simultaneous requests for the same page (a burst of visitors) share one List Blobs call.
         self._pages: SharedReads[tuple[int, str | None], tuple[list[StoredImage], str | None]] = SharedReads(
             self._list_page, cancelled=ApiError.storage_unavailable
@@ -171,8 +208,7 @@ class Gallery:
         return self.service.get_container_client(name)
 
     async def close(self) -> None:
-        for task in self._cleanups:
-            task.cancel()
+        self.late_writes.cancel()
         await (self.service or self.container).close()
         if self._credential is not None:
             await self._credential.close()
@@ -203,7 +239,8 @@ class Gallery:
             # Storage may still apply a request we gave up on: a picture would then
             # appear although its request failed. Remove it once storage answers again.
             if attempts:
-                self._remove_later(attempts[-1], upload_id)
+                blob = attempts[-1].blob
+                self.late_writes.remove(self.container.get_blob_client(blob), "upload_id", upload_id, blob[:40])
             raise
         self._upload_failed = False
         return stored
@@ -245,27 +282,6 @@ class Gallery:
                     continue
             return StoredImage(candidate, prompt, candidate.created_at, revised_prompt, model)
         raise ApiError.storage_unavailable()
-
-    def _remove_later(self, name: naming.BlobName, upload_id: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._remove_if_ours(name, upload_id))
-        self._cleanups.add(task)
-        task.add_done_callback(self._cleanups.discard)
-
-    async def _remove_if_ours(self, name: naming.BlobName, upload_id: str) -> None:
-        """Delete the blob of a failed upload, if it appears and carries our upload id."""
-        blob = self.container.get_blob_client(name.blob)
-        for pause in CLEANUP_PAUSES:
-            await asyncio.sleep(pause)
-            try:
-                properties = await blob.get_blob_properties()
-                if properties.metadata.get("upload_id") == upload_id:
-                    await blob.delete_blob(etag=properties.etag, match_condition=MatchConditions.IfNotModified)
-                    log.warning("removed %s: it was stored after its request had failed", name.blob[:40])
-                return
-            except ResourceNotFoundError:
-                continue  # not (yet) there: the request may still be on its way
-            except AzureError:
-                continue  # storage still away
 
     async def _put(self, name: naming.BlobName, data: bytes, metadata: dict[str, str]) -> None:
         blob = self.container.get_blob_client(name.blob)
