@@ -3,6 +3,7 @@ import gzip
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from urllib.parse import urlsplit
@@ -130,6 +131,19 @@ async def test_cors_star_answers_preflight_and_requests(http: httpx.AsyncClient,
     assert preflight.headers["access-control-allow-headers"] == "content-type"
     answer = await http.get("/api/getImages", headers={"Origin": "https://gallery.example"})
     assert answer.headers["access-control-allow-origin"] == "*"
+
+
+async def test_a_client_that_leaves_mid_body_is_no_error_of_the_host(
+    storage_env, http: httpx.AsyncClient, local_host, caplog
+):
+    def send_half_and_leave() -> None:
+        with socket.create_connection((urlsplit(local_host).hostname, urlsplit(local_host).port)) as client:
+            client.sendall(b"POST /api/generateImage HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+
+    await asyncio.to_thread(send_half_and_leave)
+    await asyncio.sleep(0.2)  # the host notices the connection is gone
+    assert [r for r in caplog.records if r.levelname == "ERROR"] == []
+    assert (await http.get("/api/getImages")).status_code == 200
 
 
 async def test_cors_from_local_settings_allows_only_listed_origins(storage_env):

@@ -219,6 +219,8 @@ class LocalHost:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return _json_error(ApiError.payload_too_large(MAX_BODY_BYTES))
+        except ConnectionResetError:  # the client left before its body was whole: nobody to answer
+            return web.Response(status=400)
         http_request = func.HttpRequest(
             method=request.method,
             url=str(request.url),
