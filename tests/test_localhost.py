@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import azure.functions as func
@@ -326,22 +327,43 @@ async def test_serve_reports_a_mistyped_provider_instead_of_drawing_offline(azur
     assert "Setting to fix: VISIONARY_REQUEST_DEADLINE_SECONDS must be more than three times" in output
 
 
+def development_stack(port: int, azurite_port: int, data: Path, settings: str = NO_LOCAL_SETTINGS[1]) -> list[str]:
+    """`make run` (`python -m visionary run`) with its Azurite on `azurite_port`, as a command."""
+    return [sys.executable, "-c", (
+        "import sys; from pathlib import Path; from visionary.__main__ import run_stack; "
+        "from visionary.localhost import HostConfig; "
+        f"sys.exit(run_stack(HostConfig.load(settings=Path({settings!r})), '127.0.0.1', {port}, "
+        f"{azurite_port}, Path({str(data)!r})))"
+    )]
+
+
+async def test_the_development_stack_stores_where_the_settings_file_says(tmp_path, azurite: Azurite):
+    # A Functions project's local.settings.json often points AzureWebJobsStorage at an account.
+    settings = tmp_path / "local.settings.json"
+    settings.write_text(json.dumps({"Values": {"AzureWebJobsStorage": azurite.connection_string,
+                                               "VISIONARY_PROVIDER": "offline"}}))
+    port = free_port()
+    process = subprocess.Popen(development_stack(port, free_port(), tmp_path / "azurite", str(settings)),
+                               cwd=ROOT, env=ROOT_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until_listening(process, port)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            container_url = (await http.get("/api/sasToken")).json()["containerUrl"]
+    finally:
+        stop_process(process)
+    assert container_url.startswith(f"http://127.0.0.1:{azurite.port}/")  # not the stack's own Azurite
+
+
 async def test_ctrl_c_on_the_development_stack_keeps_the_pictures_just_stored(tmp_path):
     # Ctrl-C signals the terminal's whole process group. Azurite in it began closing at once,
     # died at the stack's own signal mid-close, and lost the last seconds (it saves every 5 s).
     port, azurite = free_port(), Azurite(free_port())  # not started: the stack starts its own
     env = {**ROOT_ENV, "AzureWebJobsStorage": azurite.connection_string, "VISIONARY_PROVIDER": "offline"}
-    stack = (
-        "import sys; from pathlib import Path; from visionary.__main__ import run_stack; "
-        "from visionary.localhost import HostConfig; "
-        f"sys.exit(run_stack(HostConfig.load(settings=Path({NO_LOCAL_SETTINGS[1]!r})), '127.0.0.1', {port}, "
-        f"{azurite.port}, Path({str(tmp_path / 'azurite')!r})))"
-    )
 
     async def in_a_terminal(work) -> None:
         output = tmp_path / "stack.log"
-        process = subprocess.Popen([sys.executable, "-c", stack], cwd=ROOT, env=env, start_new_session=True,
-                                   stdout=output.open("w"), stderr=subprocess.STDOUT)
+        process = subprocess.Popen(development_stack(port, azurite.port, tmp_path / "azurite"), cwd=ROOT, env=env,
+                                   start_new_session=True, stdout=output.open("w"), stderr=subprocess.STDOUT)
         try:
             wait_until_listening(process, port)
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as http:

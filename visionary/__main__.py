@@ -126,7 +126,7 @@ def run_stack(
             print("Azurite did not start; see the messages above.", file=sys.stderr)
             return 1
         print(f"Azurite on http://127.0.0.1:{azurite_port} (data in {data.name}/)", flush=True)
-        os.environ.setdefault("AzureWebJobsStorage", "UseDevelopmentStorage=true")
+        _default_to_azurite(config)
         return serve_app(config, host, port)
     except KeyboardInterrupt:
         return 0
@@ -136,6 +136,16 @@ def run_stack(
             azurite.wait(timeout=10)
         except subprocess.TimeoutExpired:
             azurite.kill()
+
+
+def _default_to_azurite(config: HostConfig) -> None:
+    """The local Azurite is the gallery's storage unless the environment or the settings file
+    names another (AzureWebJobsStorage at a real account, say, as Functions projects often do)."""
+    from visionary.settings import Settings
+
+    config.apply_values()
+    if Settings.from_env().storage is None:
+        os.environ["AzureWebJobsStorage"] = "UseDevelopmentStorage=true"
 
 
 def migrate(config: HostConfig, dry_run: bool) -> int:
