@@ -5,7 +5,7 @@ from email.utils import format_datetime
 import pytest
 
 from tests.azurite import free_port
-from tests.conftest import Api, blob_names
+from tests.conftest import AZURE_KEY, OPENAI_KEY, Api, blob_names
 from tests.openai_server import OpenAIServer
 from visionary.errors import ApiError
 from visionary.models import DEFAULT_RETRY_AFTER_SECONDS, MAX_RETRY_AFTER_SECONDS, open_service, parse_json, retry_after
@@ -92,6 +92,34 @@ async def test_an_account_out_of_quota_is_not_told_to_retry(
         assert "quota" in answer.json()["error"] and "Retry-After" not in answer.headers
     assert "insufficient_quota" in caplog.text
     assert await blob_names(container) == []
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("OPENAI_API_KEY", OPENAI_KEY + "\u200b"),  # a zero-width space pasted with it
+        ("OPENAI_API_KEY", OPENAI_KEY + "\nX-Injected: 1"),
+        ("OPENAI_BASE_URL", "http://user:p4ssw0rd@127.0.0.1:9/v1"),
+        ("OPENAI_BASE_URL", "http://[::1/v1"),
+        ("OPENAI_BASE_URL", "http://127.0.0.1:port/v1"),
+    ],
+)
+async def test_a_model_setting_no_client_can_use_is_named_not_a_500(
+    api: Api, openai_env: OpenAIServer, monkeypatch, setting, value
+):
+    monkeypatch.setenv(setting, value)
+    for answer in (await api.suggest(), await api.generate({"prompt": "A lighthouse"})):
+        assert (answer.status, answer.json()["code"]) == (503, "not_configured"), answer.body
+        assert setting in answer.json()["error"]
+        assert value not in answer.body.decode() and "p4ssw0rd" not in answer.body.decode()
+    assert openai_env.model_calls() == []
+
+
+async def test_an_azure_key_no_client_can_use_is_named(api: Api, azure_env: OpenAIServer, monkeypatch):
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", AZURE_KEY + "\u00e9")
+    answer = await api.generate({"prompt": "A lighthouse"})
+    assert (answer.status, answer.json()["code"]) == (503, "not_configured")
+    assert "AZURE_OPENAI_API_KEY" in answer.json()["error"]
 
 
 async def test_a_failed_azure_sign_in_is_the_model_services_error_not_storages(

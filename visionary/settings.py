@@ -294,10 +294,10 @@ def _models(env: _Reader) -> ModelSettings:
         image_model=image_model,
         suggestion_model=suggestion_model,
         image_sizes=sizes or DEFAULT_IMAGE_SIZES,
-        openai_api_key=env.text("OPENAI_API_KEY"),
-        openai_base_url=env.text("OPENAI_BASE_URL"),
-        azure_endpoint=env.text("AZURE_OPENAI_ENDPOINT"),
-        azure_api_key=env.text("AZURE_OPENAI_API_KEY"),
+        openai_api_key=env.api_key("OPENAI_API_KEY"),
+        openai_base_url=env.service_url("OPENAI_BASE_URL"),
+        azure_endpoint=env.service_url("AZURE_OPENAI_ENDPOINT"),
+        azure_api_key=env.api_key("AZURE_OPENAI_API_KEY"),
         client_id=identity.client_id(env.environ),
         api_version=env.text("OPENAI_API_VERSION") or DEFAULT_AZURE_API_VERSION,
         image_deployment=env.text("AZURE_OPENAI_IMAGE_DEPLOYMENT") or image_model,
@@ -316,6 +316,7 @@ _IMAGE_SIZE = re.compile(r"auto|[1-9][0-9]{1,4}x[1-9][0-9]{1,4}")
 _WHOLE = re.compile(r"[0-9]+")
 MAX_NUMBER_CHARS = 32
 ACCOUNT_NAME = re.compile(r"[a-z0-9]{3,24}")  # what Azure allows; Azurite's devstoreaccount1 too
+_API_KEY = re.compile(r"[!-~]+")  # what a header may carry: printable ASCII, no spaces
 _DECIMAL = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
 
 
@@ -358,6 +359,34 @@ class _Reader:
             # written, and a name in capitals is no account's: it would sign links with it.
             scheme, host, path, _, _ = urlsplit(value)
             return urlunsplit((scheme.lower(), host.lower(), path, "", ""))
+        return value
+
+    def api_key(self, name: str) -> str | None:
+        """A key sent in a header (not repeated: it is a secret). A zero-width space or a line
+        break pasted with it would fail every call in the HTTP client, as a 500."""
+        value = self.text(name)
+        if value is not None and not _API_KEY.fullmatch(value):
+            self.problem(f"{name} holds a space, a line break or a character that is not ASCII: paste the key again.")
+        return value
+
+    def service_url(self, name: str) -> str | None:
+        """A model service's address: http(s), a host, no user:password (which the SDK refuses
+        beside its own Authorization header). Not repeated: it may carry a password."""
+        value = self.text(name)
+        if value is None:
+            return None
+        try:
+            parts = urlsplit(value)
+            usable = (
+                parts.scheme.lower() in ("http", "https")
+                and bool(parts.hostname)
+                and parts.port != 0  # .port raises ValueError for one that is no port
+                and "@" not in parts.netloc
+            )
+        except ValueError:  # an unclosed [IPv6 host, a port that is no number
+            usable = False
+        if not usable:
+            self.problem(f"{name} must be an http:// or https:// URL with a host and no user:password in it.")
         return value
 
     def link_base(self, name: str) -> str | None:
