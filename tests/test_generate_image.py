@@ -1,7 +1,7 @@
 import logging
 import time
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
@@ -12,10 +12,12 @@ from tests.azurite import ACCOUNT
 from tests.azurite import KEY as ACCOUNT_KEY
 from tests.conftest import AZURE_KEY, OPENAI_KEY, Api, blob_names
 from tests.openai_server import OpenAIServer
-from visionary import clients, images
+from visionary import clients, images, sas
 from visionary.errors import ApiError
 from visionary.generation import Deadline, ImageRequest, generate_image
-from visionary.offline import draw
+from visionary.images import GeneratedImage
+from visionary.offline import OfflineImages, draw
+from visionary.settings import Settings
 from visionary.sas import SasPolicy, UserDelegationSigner
 from visionary.storage import Gallery
 
@@ -211,6 +213,22 @@ async def test_a_link_storage_will_not_sign_fails_before_the_model_is_paid(
         await generate_image(ImageRequest(PROMPT, "1024x1024"), app.images, gallery, app.guards)
     assert openai_env.model_calls() == []
     assert await blob_names(container) == []
+
+
+async def test_the_link_lives_its_whole_lifetime_from_the_answer_however_long_the_model_took(
+    gallery: Gallery, container: ContainerClient, monkeypatch
+):
+    clock = [datetime.now(timezone.utc)]
+    monkeypatch.setattr(sas, "_utc_now", lambda: clock[0])
+
+    class TenMinuteModel:
+        async def generate(self, prompt: str, size: str) -> GeneratedImage:
+            clock[0] += timedelta(minutes=10)
+            return await OfflineImages().generate(prompt, size)
+
+    created = await generate_image(ImageRequest(PROMPT, "1024x1024"), TenMinuteModel(), gallery, clients.current().guards)
+    lifetime = timedelta(minutes=Settings.from_env().require_storage().sas_ttl_minutes)
+    assert created.sas.expires_on >= clock[0] + lifetime
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,8 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from azure.core.exceptions import AzureError
+
 from visionary.endpoints import note
 from visionary.errors import ApiError
 from visionary.guards import Guards, fingerprint
@@ -108,7 +110,7 @@ async def generate_image(
     steps_after = 1 + (idempotency_key is not None) + (guards.cap is not None)
     reserve = (gallery.timeout or 0.0) * steps_after
     # The link is signed first: a delegation key storage refuses must fail the request before
-    # the model is paid and anything is stored. Its lifetime counts from here.
+    # the model is paid and anything is stored. It is signed again for the answer.
     sas = await gallery.sign()
     await gallery.check_after_failure()  # and storage, after a failed upload, must answer first
 
@@ -131,7 +133,17 @@ async def generate_image(
         )
     stored = StoredImage.from_record(record)
     note(model=stored.model, blob=stored.name.blob)  # a repeat's line too, though it drew nothing
-    return CreatedImage(stored, sas)
+    return CreatedImage(stored, await _signed_again(gallery, sas, deadline))
+
+
+async def _signed_again(gallery: Gallery, early: ReadSas, deadline: Deadline | None) -> ReadSas:
+    """A link whose lifetime counts from the answer, not from before a model that may have
+    taken minutes of it; the early link if storage (a delegation key's) cannot sign it in time."""
+    try:
+        async with asyncio.timeout(deadline.left() if deadline else None):
+            return await gallery.sign()
+    except (TimeoutError, AzureError):
+        return early
 
 
 def _time_for_model(deadline: Deadline | None, reserve: float) -> float | None:
