@@ -21,3 +21,10 @@ def test_a_cursor_at_the_longest_blob_name_fits():
     cursor = encode_cursor(longest)
     assert len(cursor) <= MAX_CURSOR_CHARS
     assert decode_cursor(cursor) == longest
+
+
+@pytest.mark.parametrize("token", ["gallery/x\x01y.png", "gallery/\ufdd0.png", "gallery/\uffff.png"])
+def test_a_token_no_listing_can_hold_is_refused_though_its_check_matches(token: str):
+    # List Blobs answers in XML, which cannot carry \x01; Azurite answers such a marker 500.
+    with pytest.raises(ApiError):
+        decode_cursor(encode_cursor(token))

@@ -100,6 +100,18 @@ async def test_a_page_ending_at_a_long_foreign_name_walks_on(api: Api, gallery: 
     assert [image["prompt"] for image in second.json()["imageUrls"]] == ["the oldest"]
 
 
+@pytest.mark.parametrize("mark", ["\t", "\n", "\r", "\x7f", "\x85"])
+async def test_a_page_ending_at_a_name_with_a_tab_or_line_break_walks_on(api: Api, gallery: Gallery, container, mark):
+    # A Node-version prompt that began with "gallery/" left its picture there, line breaks and all.
+    await add(gallery, 3)
+    await container.upload_blob(f"gallery/9000000000000_sunset{mark}over the sea_1690000000000.png", png_bytes())
+    await container.upload_blob("gallery/9999999999999_the oldest_0.png", png_bytes())
+    first = (await api.get_images("limit=4")).json()
+    second = await api.get_images(f"limit=4&cursor={first['nextCursor']}")
+    assert second.status == 200, second.body
+    assert [image["prompt"] for image in second.json()["imageUrls"]] == ["the oldest"]
+
+
 @pytest.mark.parametrize(
     "cursor",
     [
