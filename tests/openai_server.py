@@ -78,6 +78,33 @@ IMAGE_ERRORS = {
             "code": "insufficient_quota",
         },
     ),
+    "credit_balance_exhausted": (  # OpenAI's newer billing codes keep the type insufficient_quota
+        429,
+        {
+            "message": "You exceeded your current quota, please check your plan and billing details.",
+            "type": "insufficient_quota",
+            "param": None,
+            "code": "credit_balance_exhausted",
+        },
+    ),
+    "overloaded": (  # answered with a retry-after, as a 429 is
+        503,
+        {
+            "message": "The engine is currently overloaded, please try again later",
+            "type": "server_error",
+            "param": None,
+            "code": None,
+        },
+    ),
+    "invalid_size": (
+        400,
+        {
+            "message": "Invalid value: '640x480'. Supported values are: '1024x1024', '1024x1536', '1536x1024', and 'auto'.",
+            "type": "invalid_request_error",
+            "param": "size",
+            "code": "invalid_value",
+        },
+    ),
     "server_error": (
         500,
         {
@@ -192,7 +219,7 @@ class OpenAIServer:
             return _raw(b.raw_answer)
         if b.error in IMAGE_ERRORS:
             status, error = IMAGE_ERRORS[b.error]
-            headers = {"retry-after": b.retry_after} if status == 429 else {}
+            headers = {"retry-after": b.retry_after} if status in (429, 503) else {}
             return _error(status, error, headers)
         if b.error == "malformed_json":
             return web.Response(text='{"created": 1, "data": [{"b64_json": "iVBOR', content_type="application/json")
@@ -239,7 +266,7 @@ class OpenAIServer:
             return _raw(b.raw_answer)
         if b.error in IMAGE_ERRORS:
             status, error = IMAGE_ERRORS[b.error]
-            return _error(status, error, {"retry-after": b.retry_after} if status == 429 else {})
+            return _error(status, error, {"retry-after": b.retry_after} if status in (429, 503) else {})
         return web.json_response(
             {
                 "id": f"chatcmpl-{next(self._ids)}",

@@ -1,4 +1,5 @@
 import asyncio
+import json
 from datetime import datetime, timedelta, timezone
 from email.utils import format_datetime
 
@@ -72,13 +73,44 @@ async def test_a_429_asking_for_a_long_wait_is_passed_on_at_once(
     assert await blob_names(container) == []
 
 
-async def test_an_account_out_of_quota_is_not_retried(api: Api, openai_env: OpenAIServer, monkeypatch):
+@pytest.mark.parametrize("error", ["insufficient_quota", "credit_balance_exhausted"])
+async def test_an_account_out_of_credit_is_not_retried(api: Api, openai_env: OpenAIServer, monkeypatch, error):
     monkeypatch.setenv("VISIONARY_MODEL_MAX_RETRIES", "2")
-    openai_env.behaviour.error = "insufficient_quota"
+    openai_env.behaviour.error = error
     openai_env.behaviour.retry_after = "1"
     answer = await api.generate({"prompt": "A lighthouse"})
     assert (answer.status, answer.json()["code"]) == (502, "upstream_error")
+    assert "quota" in answer.json()["error"]
     assert len(openai_env.model_calls()) == 1  # no wait mends it: the SDK made no retries
+
+
+async def test_a_5xx_asking_for_a_long_wait_is_a_502_at_once_not_a_504_after_minutes(
+    api: Api, openai_env: OpenAIServer, monkeypatch
+):
+    monkeypatch.setenv("VISIONARY_MODEL_MAX_RETRIES", "2")
+    openai_env.behaviour.error = "overloaded"
+    openai_env.behaviour.retry_after = "60"
+    async with asyncio.timeout(10):
+        answer = await api.generate({"prompt": "A lighthouse"})
+    assert (answer.status, answer.json()["code"]) == (502, "upstream_error")
+    assert len(openai_env.model_calls()) == 1
+
+
+async def test_a_request_the_model_refuses_as_made_does_not_say_try_again(api: Api, openai_env: OpenAIServer):
+    openai_env.behaviour.error = "invalid_size"  # a size in VISIONARY_IMAGE_SIZES the model does not take
+    answer = await api.generate({"prompt": "A lighthouse"})
+    assert (answer.status, answer.json()["code"]) == (502, "upstream_error")
+    assert "size settings" in answer.json()["error"] and "try again" not in answer.json()["error"]
+
+
+async def test_a_picture_azures_output_filter_took_out_is_a_refusal(api: Api, azure_env: OpenAIServer, container):
+    # Microsoft's documented answer when the generated image, not the prompt, is filtered: a 200.
+    filtered = {"created": 1700000000, "data": [{"error": {
+        "code": "contentFilter", "message": "Generated image was filtered as a result of our safety system."}}]}
+    azure_env.behaviour.raw_answer = (json.dumps(filtered), "application/json")
+    answer = await api.generate({"prompt": "A lighthouse"})
+    assert (answer.status, answer.json()["code"]) == (400, "content_policy_violation")
+    assert await blob_names(container) == []
 
 
 async def test_an_account_out_of_quota_is_not_told_to_retry(

@@ -19,7 +19,7 @@ import httpx
 import pybase64
 
 from visionary.errors import ApiError
-from visionary.models import MALFORMED_ANSWER, call_model, parse_json
+from visionary.models import MALFORMED_ANSWER, call_model, is_refusal, parse_json
 from visionary.text import without_forbidden
 
 if TYPE_CHECKING:
@@ -88,7 +88,10 @@ class ModelImages:
         answer = await self._client.images.with_raw_response.generate(
             model=self._model, prompt=prompt, size=size, n=1
         )
-        b64_json, url, revised_prompt = _first_picture(parse_json(answer.content))
+        picture = _first_item(parse_json(answer.content))
+        if _filtered(picture):
+            raise ApiError.content_policy_violation()
+        b64_json, url, revised_prompt = _fields(picture)
         if b64_json:
             data = decode_base64(b64_json)
         elif url:
@@ -99,13 +102,25 @@ class ModelImages:
         return checked(data, self._model, revised_prompt)
 
 
-def _first_picture(answer: Any) -> tuple[str | None, str | None, str | None]:
-    """The first picture's base64, link and revised prompt, each None unless it is text."""
-    try:  # the answer may be any JSON at all
-        image = (answer["data"] or [])[0]  # null: no pictures, as an empty list
-        fields = (image.get("b64_json"), image.get("url"), image.get("revised_prompt"))
+def _first_item(answer: Any) -> dict:
+    """The answer's first picture item; empty if it has none (the answer may be any JSON at all)."""
+    try:
+        item = (answer["data"] or [])[0]  # null: no pictures, as an empty list
     except MALFORMED_ANSWER:
-        return None, None, None
+        return {}
+    return item if isinstance(item, dict) else {}
+
+
+def _filtered(item: dict) -> bool:
+    """Whether Azure's output filter took the picture out: an item with an error of code
+    contentFilter in place of the image, as Microsoft documents it."""
+    error = item.get("error")
+    return isinstance(error, dict) and is_refusal(error.get("code"))
+
+
+def _fields(item: dict) -> tuple[str | None, str | None, str | None]:
+    """The picture's base64, link and revised prompt, each None unless it is text."""
+    fields = (item.get("b64_json"), item.get("url"), item.get("revised_prompt"))
     b64_json, url, revised_prompt = (value if isinstance(value, str) and value else None for value in fields)
     return b64_json, url, without_forbidden(revised_prompt) if revised_prompt else None
 

@@ -42,6 +42,15 @@ MAX_RETRY_AFTER_SECONDS = 24 * 60 * 60
 # would sit out up to two minutes at each retry, and the request would end in a 504 after
 # minutes; a longer wait goes to our caller at once, as a 429 with the service's Retry-After.
 MAX_WAIT_WITHIN_REQUEST_SECONDS = 20
+RETRIED_STATUSES = (408, 409, 429)  # and 5xx: what the SDK retries
+# OpenAI's 429 codes for an account or project out of credit or over its spend limit.
+OUT_OF_CREDIT = (
+    "insufficient_quota",
+    "credit_balance_exhausted",
+    "organization_spend_limit_exceeded",
+    "project_spend_limit_exceeded",
+    "organization_usage_limit_exceeded",
+)
 T = TypeVar("T")
 # What reading an answer's fields can raise: the SDK does not validate answers, so a
 # compatible server's any JSON (or HTML) reaches its callers as it came.
@@ -114,23 +123,33 @@ def open_service(settings: ModelSettings) -> ModelService:
 
 
 async def _no_retry_unless_a_short_wait_mends(response: httpx2.Response) -> None:
-    """Keep the SDK from retrying a 429 whose wait is long, or which no wait mends (an account
-    out of credit): our caller hears at once, not after minutes of retries.
+    """Keep the SDK from retrying an answer whose `Retry-After` is long (a 429, a 503), or a
+    429 no wait mends (an account out of credit): our caller hears at once, not after
+    minutes of retries that end in a 504.
 
     The SDK's public switch is the service's own `x-should-retry` header, which it obeys.
     """
-    if response.status_code != 429:
+    status = response.status_code
+    if status not in RETRIED_STATUSES and status < 500:
         return
-    if retry_after(response.headers) > MAX_WAIT_WITHIN_REQUEST_SECONDS or await _out_of_quota(response):
+    if retry_after(response.headers) > MAX_WAIT_WITHIN_REQUEST_SECONDS or (
+        status == 429 and _out_of_credit(await _json_of(response))
+    ):
         response.headers["x-should-retry"] = "false"
 
 
-async def _out_of_quota(response: httpx2.Response) -> bool:
+async def _json_of(response: httpx2.Response) -> object:
     try:
-        body = json.loads(await response.aread())
+        return json.loads(await response.aread())
     except (ValueError, RecursionError):
-        return False
-    return _body_code(body) == "insufficient_quota"
+        return None
+
+
+def _out_of_credit(body: object) -> bool:
+    """Whether an error body (OpenAI's shape, or its inner error) says the account has no credit
+    left: the type `insufficient_quota`, which OpenAI keeps under its newer billing codes."""
+    error = _inner_error(body)
+    return error is not None and (error.get("type") == "insufficient_quota" or error.get("code") in OUT_OF_CREDIT)
 
 
 async def call_model(
@@ -158,8 +177,8 @@ async def call_model(
     except TimeoutError:
         raise ApiError.upstream_timeout() from None
     except openai.RateLimitError as error:
-        if _code(error) == "insufficient_quota":  # OpenAI's 429 for an account out of credit: no wait helps
-            log.warning("model service answered 429 (insufficient_quota)")
+        if _out_of_credit(error.body):  # OpenAI's 429 for an account out of credit: no wait helps
+            log.warning("model service answered 429 (%s)", _loggable(_code(error)))
             raise ApiError.upstream_error(
                 "The model service account has run out of quota; its owner must check its plan and billing."
             ) from None
@@ -167,7 +186,7 @@ async def call_model(
             "The model service is rate limiting requests; try again later.", retry_after(error.response.headers)
         ) from None
     except openai.BadRequestError as error:
-        if (_code(error) or "").replace("_", "").lower() in REFUSALS:
+        if is_refusal(_code(error)):
             raise refused() from None
         raise _upstream(error) from None
     except openai.APIStatusError as error:
@@ -183,6 +202,11 @@ async def call_model(
     except (openai.APIConnectionError, openai.APIResponseValidationError) as error:
         log.warning("model call failed: %s", type(error).__name__)
         raise ApiError.upstream_error() from None
+
+
+def is_refusal(code: object) -> bool:
+    """Whether an error code says the prompt or the picture was refused by a content policy."""
+    return isinstance(code, str) and code.replace("_", "").lower() in REFUSALS
 
 
 def parse_json(body: bytes) -> Any:
@@ -226,6 +250,10 @@ def _upstream(error: openai.APIStatusError) -> ApiError:
         return ApiError.upstream_error("The model service refused our credentials; check the API key setting.")
     if error.status_code == 404:
         return ApiError.upstream_error("The model service does not know the configured model or deployment.")
+    if error.status_code == 400:  # the request as the settings make it: trying again will not help
+        return ApiError.upstream_error(
+            "The model service refused the request as the app makes it; check the model and size settings."
+        )
     return ApiError.upstream_error()
 
 
@@ -244,12 +272,14 @@ def _code(error: openai.APIStatusError) -> str | None:
 
 
 def _body_code(body: object) -> str | None:
-    """The code of an error body, OpenAI's shape (`{"error": {"code": ...}}`) or a bare one."""
-    if isinstance(body, dict):
-        inner = body.get("error", body)
-        if isinstance(inner, dict) and inner.get("code"):
-            return str(inner["code"])
-    return None
+    error = _inner_error(body)
+    return str(error["code"]) if error is not None and error.get("code") else None
+
+
+def _inner_error(body: object) -> dict | None:
+    """The error of an error body, OpenAI's shape (`{"error": {...}}`) or a bare one."""
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    return inner if isinstance(inner, dict) else None
 
 
 def retry_after(headers: Mapping[str, str], now: datetime | None = None) -> int:
