@@ -87,6 +87,24 @@ IMAGE_ERRORS = {
             "code": "credit_balance_exhausted",
         },
     ),
+    "billing_not_active": (
+        429,
+        {
+            "message": "Your account is not active, please check your billing details on our website.",
+            "type": "billing_not_active",
+            "param": None,
+            "code": "billing_not_active",
+        },
+    ),
+    "billing_hard_limit_reached": (  # a 400 from the images API at the spend limit
+        400,
+        {
+            "message": "Billing hard limit has been reached",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "billing_hard_limit_reached",
+        },
+    ),
     "overloaded": (  # answered with a retry-after, as a 429 is
         503,
         {

@@ -73,7 +73,9 @@ async def test_a_429_asking_for_a_long_wait_is_passed_on_at_once(
     assert await blob_names(container) == []
 
 
-@pytest.mark.parametrize("error", ["insufficient_quota", "credit_balance_exhausted"])
+@pytest.mark.parametrize(
+    "error", ["insufficient_quota", "credit_balance_exhausted", "billing_not_active", "billing_hard_limit_reached"]
+)
 async def test_an_account_out_of_credit_is_not_retried(api: Api, openai_env: OpenAIServer, monkeypatch, error):
     monkeypatch.setenv("VISIONARY_MODEL_MAX_RETRIES", "2")
     openai_env.behaviour.error = error

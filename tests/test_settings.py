@@ -154,3 +154,13 @@ def test_the_model_named_to_the_sdk_is_the_deployment_on_azure():
     assert (named.models.image_target, named.models.chat_target) == ("pics", "chat")
     unnamed = Settings.from_env(azure).models  # a deployment named after its model
     assert (unnamed.image_target, unnamed.chat_target) == (unnamed.image_model, unnamed.suggestion_model)
+
+
+def test_a_model_setting_is_checked_only_for_the_service_that_reads_it():
+    # A leftover of the other service in the shell is never sent anywhere.
+    assert problems({"VISIONARY_PROVIDER": "offline", "OPENAI_API_KEY": "old key \u200b"}) == []
+    azure = {"AZURE_OPENAI_ENDPOINT": "https://gallery.openai.azure.com/", "AZURE_OPENAI_API_KEY": "abc",
+             "OPENAI_BASE_URL": "localhost:1234"}
+    assert problems(azure) == []
+    [problem] = problems({**azure, "AZURE_OPENAI_ENDPOINT": "gallery.openai.azure.com"})
+    assert problem.startswith("AZURE_OPENAI_ENDPOINT must be an http:// or https:// URL")

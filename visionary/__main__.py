@@ -163,6 +163,7 @@ def migrate(config: HostConfig, dry_run: bool) -> int:
         sys.stdout.reconfigure(errors="backslashreplace")  # a prompt's emoji on a console that cannot show it
     try:
         report = asyncio.run(_migrate(Settings.from_env().require_storage(), dry_run))
+        print(report.summary(), flush=True)
     except ApiError as error:
         print(error.message, file=sys.stderr)
         return 1
@@ -177,7 +178,6 @@ def migrate(config: HostConfig, dry_run: bool) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         print("Stopped: the output was closed. Run again: it resumes where this run stopped.", file=sys.stderr)
         return 1
-    print(report.summary())
     return 0 if report.ok else 1
 
 

@@ -43,13 +43,16 @@ MAX_RETRY_AFTER_SECONDS = 24 * 60 * 60
 # minutes; a longer wait goes to our caller at once, as a 429 with the service's Retry-After.
 MAX_WAIT_WITHIN_REQUEST_SECONDS = 20
 RETRIED_STATUSES = (408, 409, 429)  # and 5xx: what the SDK retries
-# OpenAI's 429 codes for an account or project out of credit or over its spend limit.
+# OpenAI's types and codes for an account or project out of credit, over its spend limit, or
+# with billing not active (429s; billing_hard_limit_reached is a 400): no wait mends them.
 OUT_OF_CREDIT = (
     "insufficient_quota",
     "credit_balance_exhausted",
     "organization_spend_limit_exceeded",
     "project_spend_limit_exceeded",
     "organization_usage_limit_exceeded",
+    "billing_not_active",
+    "billing_hard_limit_reached",
 )
 T = TypeVar("T")
 # What reading an answer's fields can raise: the SDK does not validate answers, so a
@@ -149,7 +152,7 @@ def _out_of_credit(body: object) -> bool:
     """Whether an error body (OpenAI's shape, or its inner error) says the account has no credit
     left: the type `insufficient_quota`, which OpenAI keeps under its newer billing codes."""
     error = _inner_error(body)
-    return error is not None and (error.get("type") == "insufficient_quota" or error.get("code") in OUT_OF_CREDIT)
+    return error is not None and (error.get("type") in OUT_OF_CREDIT or error.get("code") in OUT_OF_CREDIT)
 
 
 async def call_model(
@@ -178,10 +181,7 @@ async def call_model(
         raise ApiError.upstream_timeout() from None
     except openai.RateLimitError as error:
         if _out_of_credit(error.body):  # OpenAI's 429 for an account out of credit: no wait helps
-            log.warning("model service answered 429 (%s)", _loggable(_code(error)))
-            raise ApiError.upstream_error(
-                "The model service account has run out of quota; its owner must check its plan and billing."
-            ) from None
+            raise _upstream(error) from None
         raise ApiError.rate_limited(
             "The model service is rate limiting requests; try again later.", retry_after(error.response.headers)
         ) from None
@@ -246,6 +246,10 @@ def _unreachable(error: openai.APITimeoutError) -> aiohttp.ClientConnectionError
 
 def _upstream(error: openai.APIStatusError) -> ApiError:
     log.warning("model service answered %d (%s)", error.status_code, _loggable(_code(error)))
+    if _out_of_credit(error.body):
+        return ApiError.upstream_error(
+            "The model service account has run out of quota; its owner must check its plan and billing."
+        )
     if error.status_code in (401, 403):
         return ApiError.upstream_error("The model service refused our credentials; check the API key setting.")
     if error.status_code == 404:

@@ -294,10 +294,11 @@ def _models(env: _Reader) -> ModelSettings:
         image_model=image_model,
         suggestion_model=suggestion_model,
         image_sizes=sizes or DEFAULT_IMAGE_SIZES,
-        openai_api_key=env.api_key("OPENAI_API_KEY"),
-        openai_base_url=env.service_url("OPENAI_BASE_URL"),
-        azure_endpoint=env.service_url("AZURE_OPENAI_ENDPOINT"),
-        azure_api_key=env.api_key("AZURE_OPENAI_API_KEY"),
+        # Checked only for the service in use: a leftover of the other in the shell is never read.
+        openai_api_key=env.api_key("OPENAI_API_KEY", check=provider == "openai"),
+        openai_base_url=env.service_url("OPENAI_BASE_URL", check=provider == "openai"),
+        azure_endpoint=env.service_url("AZURE_OPENAI_ENDPOINT", check=provider == "azure"),
+        azure_api_key=env.api_key("AZURE_OPENAI_API_KEY", check=provider == "azure"),
         client_id=identity.client_id(env.environ),
         api_version=env.text("OPENAI_API_VERSION") or DEFAULT_AZURE_API_VERSION,
         image_deployment=env.text("AZURE_OPENAI_IMAGE_DEPLOYMENT") or image_model,
@@ -361,20 +362,20 @@ class _Reader:
             return urlunsplit((scheme.lower(), host.lower(), path, "", ""))
         return value
 
-    def api_key(self, name: str) -> str | None:
+    def api_key(self, name: str, check: bool = True) -> str | None:
         """A key sent in a header (not repeated: it is a secret). A zero-width space or a line
         break pasted with it would fail every call in the HTTP client, as a 500."""
         value = self.text(name)
-        if value is not None and not _API_KEY.fullmatch(value):
+        if check and value is not None and not _API_KEY.fullmatch(value):
             self.problem(f"{name} holds a space, a line break or a character that is not ASCII: paste the key again.")
         return value
 
-    def service_url(self, name: str) -> str | None:
+    def service_url(self, name: str, check: bool = True) -> str | None:
         """A model service's address: http(s), a host, no user:password (which the SDK refuses
         beside its own Authorization header). Not repeated: it may carry a password."""
         value = self.text(name)
-        if value is None:
-            return None
+        if value is None or not check:
+            return value
         try:
             parts = urlsplit(value)
             usable = (
