@@ -16,6 +16,11 @@ def test_a_long_text_is_shortened_at_the_end_of_a_word():
     assert shortened(text, 100) == text
     assert shortened(text, 21) == "A fox curled up in"  # "fresh" would be cut
     assert shortened(text, 29) == "A fox curled up in fresh snow"  # no trailing comma
+    # A line break or tab where the cut falls is trimmed too, and ends a word as a space does.
+    base = "A koi pond in autumn, ukiyo-e, linocut"
+    assert shortened(base + ":\n- bold lines", 40) == base
+    assert shortened(base + ",\t(bold lines)", 40) == base
+    assert shortened(base + "\n\nBold lines", 41) == base
     assert shortened("Supercalifragilistic", 5) == "Super"  # one long word: cut inside it
 
 

@@ -54,6 +54,6 @@ def shortened(text: str, max_chars: int) -> str:
     if len(text) <= max_chars:
         return text
     cut = text[:max_chars]
-    if text[max_chars].isalnum() and (space := cut.rfind(" ")) > 0:  # mid-word
+    if text[max_chars].isalnum() and (space := max(map(cut.rfind, " \t\n"))) > 0:  # mid-word
         cut = cut[:space]
-    return cut.rstrip(" ,;:-") or cut.strip() or text[:max_chars]
+    return cut.rstrip(" \t\r\n,;:-") or cut.strip() or text[:max_chars]
