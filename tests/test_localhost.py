@@ -147,16 +147,20 @@ async def test_a_client_that_leaves_mid_body_is_no_error_of_the_host(
     assert (await http.get("/api/getImages")).status_code == 200
 
 
+async def preflight_from(http: httpx.AsyncClient, origin: str) -> httpx.Response:
+    """A browser's preflight for a generateImage call from script on `origin`."""
+    return await http.options(
+        "/api/generateImage", headers={"Origin": origin, "Access-Control-Request-Method": "POST"}
+    )
+
+
 async def test_cors_from_local_settings_allows_only_listed_origins(storage_env):
     host = await start_local_host(HostConfig(cors=("https://allowed.example",)))
     try:
         async with httpx.AsyncClient(base_url=host.url) as http:
             allowed = await http.get("/api/getImages", headers={"Origin": "https://allowed.example"})
             other = await http.get("/api/getImages", headers={"Origin": "https://other.example"})
-            other_preflight = await http.options(
-                "/api/generateImage",
-                headers={"Origin": "https://other.example", "Access-Control-Request-Method": "POST"},
-            )
+            other_preflight = await preflight_from(http, "https://other.example")
     finally:
         await host.runner.cleanup()
     assert allowed.headers["access-control-allow-origin"] == "https://allowed.example"
@@ -173,10 +177,7 @@ async def test_a_listed_origin_counts_in_any_case_as_browsers_send_it_in_lower_c
     host = await start_local_host(HostConfig(cors=("http://LocalHost:3000",)))
     try:
         async with httpx.AsyncClient(base_url=host.url) as http:
-            preflight = await http.options(
-                "/api/generateImage",
-                headers={"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST"},
-            )
+            preflight = await preflight_from(http, "http://localhost:3000")
     finally:
         await host.runner.cleanup()
     assert preflight.headers["access-control-allow-origin"] == "http://localhost:3000"
@@ -186,10 +187,7 @@ async def test_cors_credentials_are_allowed_for_listed_origins_when_local_settin
     host = await start_local_host(HostConfig(cors=("http://localhost:3000",), cors_credentials=True))
     try:
         async with httpx.AsyncClient(base_url=host.url) as http:
-            preflight = await http.options(
-                "/api/generateImage",
-                headers={"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST"},
-            )
+            preflight = await preflight_from(http, "http://localhost:3000")
             answer = await http.get("/api/getImages", headers={"Origin": "http://localhost:3000"})
             other = await http.get("/api/getImages", headers={"Origin": "https://other.example"})
     finally:

@@ -272,12 +272,8 @@ def _loggable(code: str | None) -> str:
 def _code(error: openai.APIStatusError) -> str | None:
     if error.code:
         return str(error.code)
-    return _body_code(error.body)
-
-
-def _body_code(body: object) -> str | None:
-    error = _inner_error(body)
-    return str(error["code"]) if error is not None and error.get("code") else None
+    inner = _inner_error(error.body)
+    return str(inner["code"]) if inner is not None and inner.get("code") else None
 
 
 def _inner_error(body: object) -> dict | None:
