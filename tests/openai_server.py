@@ -123,6 +123,15 @@ IMAGE_ERRORS = {
             "code": "invalid_value",
         },
     ),
+    "unsupported_parameter": (
+        400,
+        {
+            "message": "Unsupported parameter: 'max_completion_tokens' is not supported with this model.",
+            "type": "invalid_request_error",
+            "param": "max_completion_tokens",
+            "code": "unsupported_parameter",
+        },
+    ),
     "server_error": (
         500,
         {

@@ -102,7 +102,14 @@ async def test_a_request_the_model_refuses_as_made_does_not_say_try_again(api: A
     openai_env.behaviour.error = "invalid_size"  # a size in VISIONARY_IMAGE_SIZES the model does not take
     answer = await api.generate({"prompt": "A lighthouse"})
     assert (answer.status, answer.json()["code"]) == (502, "upstream_error")
-    assert "size settings" in answer.json()["error"] and "try again" not in answer.json()["error"]
+    assert "image model and size settings" in answer.json()["error"] and "try again" not in answer.json()["error"]
+
+
+async def test_a_chat_request_the_model_refuses_as_made_names_the_suggestion_model(api: Api, openai_env: OpenAIServer):
+    openai_env.behaviour.error = "unsupported_parameter"  # an older model behind VISIONARY_SUGGESTION_MODEL
+    answer = await api.suggest()
+    assert (answer.status, answer.json()["code"]) == (502, "upstream_error")
+    assert "suggestion model settings" in answer.json()["error"] and "size" not in answer.json()["error"]
 
 
 async def test_a_picture_azures_output_filter_took_out_is_a_refusal(api: Api, azure_env: OpenAIServer, container):

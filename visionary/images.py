@@ -81,7 +81,7 @@ class ModelImages:
 
     async def generate(self, prompt: str, size: str) -> GeneratedImage:
         # One deadline, one error mapping: the model call, its retries and a download together.
-        return await call_model(lambda: self._draw(prompt, size), self._deadline)
+        return await call_model(lambda: self._draw(prompt, size), self._deadline, settings="image model and size")
 
     async def _draw(self, prompt: str, size: str) -> GeneratedImage:
         # The SDK asks (its retries, sign-in and errors); the answer's bytes are parsed here.

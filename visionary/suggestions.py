@@ -66,6 +66,7 @@ class ChatSuggestions:
             self._deadline,
             # Our own request was refused, not the user's words: nothing for them to rephrase.
             refused=lambda: ApiError.upstream_error("The chat model declined to suggest a prompt; try again."),
+            settings="suggestion model",
         )
         if not (text := _first_text(completion)):
             raise ApiError.upstream_error("The chat model gave no suggestion; try again.")
