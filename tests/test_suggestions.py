@@ -105,6 +105,36 @@ def test_clean_strips_wrapping_quotes_only():
     assert clean("'The fox's den at dawn, watercolor'") == "The fox's den at dawn, watercolor"
 
 
+def test_clean_takes_the_prompt_out_of_what_models_wrap_it_in():
+    fox = "A fox in the snow, watercolor"
+    # Markdown emphasis, with quotes inside or out.
+    assert clean(f'**"{fox}"**') == fox
+    assert clean(f'"*{fox}*"') == fox
+    assert clean(f"_{fox}_") == fox
+    # Quotes as other languages write them.
+    for opening, closing in ["\u201e\u201c", "\u00bb\u00ab", "\u300c\u300d", "\u201a\u2018"]:
+        assert clean(opening + fox + closing) == fox
+    # Drawn as nothing around the quotes: a byte order mark, zero-width spaces.
+    assert clean(f"\ufeff\u200b\u201c{fox}\u201d\u200b") == fox
+    # A label, or a preamble.
+    assert clean(f"Prompt: {fox}") == fox
+    assert clean(f"**Image prompt:** {fox}") == fox
+    assert clean(f"Here's a random image prompt for you: {fox}") == fox
+    assert clean(f"Sure! Here is one:\n\n\"{fox}\"") == fox
+    # What is part of a prompt stays.
+    assert clean("A *bold* fox, snake_case sign") == "A *bold* fox, snake_case sign"
+    assert clean("*A bold* fox, *stars*") == "*A bold* fox, *stars*"
+    assert clean("Title card: Starry Night, oil painting") == "Title card: Starry Night, oil painting"
+    assert clean("Here is a lighthouse: dusk, oil painting") == "Here is a lighthouse: dusk, oil painting"
+    assert clean("A heart \u2764\ufe0f") == "A heart \u2764\ufe0f"
+
+
+async def test_a_suggestion_in_markdown_is_sent_as_the_prompt_alone(api: Api, openai_env: OpenAIServer):
+    openai_env.behaviour.suggestion = '**Prompt:** \u201eA koi pond in autumn, ukiyo-e, linocut print\u201c\n'
+    answer = await api.suggest()
+    assert answer.text == "A koi pond in autumn, ukiyo-e, linocut print"
+
+
 async def test_a_refused_suggestion_asks_no_one_to_rephrase(api: Api, openai_env: OpenAIServer):
     openai_env.behaviour.error = "content_policy"
     answer = await api.suggest()

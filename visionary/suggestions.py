@@ -7,6 +7,7 @@ word lists.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, Protocol
 
 from visionary.errors import ApiError
@@ -28,7 +29,24 @@ REQUEST = (
     "black and white."
 )
 CUT_SHORT = ("length", "content_filter")  # finish reasons of an answer that stopped mid-way
-_QUOTES = {'"': '"', "'": "'", "\u201c": "\u201d", "\u2018": "\u2019", "\u00ab": "\u00bb", "`": "`"}
+# Quotes as languages pair them, opening then closing: English, German („“ and »«), Polish („”),
+# Swedish (””), French (« » and ‹ ›), Japanese (「」『』), and the full-width one.
+_QUOTE_PAIRS = frozenset({
+    '""', "''", "``", "\u201c\u201d", "\u2018\u2019", "\u201e\u201c", "\u201e\u201d", "\u201d\u201d", "\u201a\u2018",
+    "\u00ab\u00bb", "\u00bb\u00ab", "\u2039\u203a", "\u300c\u300d", "\u300e\u300f", "\uff02\uff02",
+})
+_EMPHASIS = ("**", "__", "*", "_")  # markdown's bold and italic
+# Whitespace, and what is drawn as nothing beside it: zero-width spaces and joiners, direction
+# marks, the word joiner, and a byte order mark.
+_BLANK = "".join(ch for ch in map(chr, range(0x3001)) if ch.isspace()) + "\u200b\u200c\u200d\u200e\u200f\u2060\ufeff"
+# What models put before the prompt despite the instructions: a label ("Prompt:", "**Image prompt:**"),
+# "Here's a prompt for you:", or a short first line ending in a colon and set apart ("Sure! Here's one:").
+_PREAMBLE = re.compile(
+    r"[*_]{0,2}(?:image\s+)?prompt[*_]{0,2}\s*:[*_]{0,2}"
+    r"|here(?:'s|\u2019s|\s+is)\b[^:\n]{0,60}\bprompt\b[^:\n]{0,30}:"
+    r"|[^\n]{1,80}:[ \t]*\n[ \t]*\n",
+    re.IGNORECASE,
+)
 
 
 class SuggestionProvider(Protocol):
@@ -36,17 +54,32 @@ class SuggestionProvider(Protocol):
 
 
 def clean(text: str) -> str:
-    """Trimmed, without the quotes models like to wrap a prompt in: a prompt generateImage takes."""
-    text = without_forbidden(text).strip()
-    while _wrapped_whole(text):
-        text = text[1:-1].strip()
-    return text
+    """A model's answer as the prompt it holds, which generateImage takes: without the
+    preamble, markdown emphasis and quotes that models like to wrap a prompt in."""
+    text = without_forbidden(text)
+    while True:
+        before = text
+        text = text.strip(_BLANK)
+        if preamble := _PREAMBLE.match(text):
+            text = text[preamble.end():]
+        text = _unwrapped(text)
+        if text == before:
+            return text
+
+
+def _unwrapped(text: str) -> str:
+    """`text` less one pair of emphasis marks or quotes that wraps all of it, if one does."""
+    for marks in _EMPHASIS:
+        inner = text[len(marks):-len(marks)]
+        if text.startswith(marks) and text.endswith(marks) and inner and marks not in inner:
+            return inner
+    return text[1:-1] if _wrapped_whole(text) else text
 
 
 def _wrapped_whole(text: str) -> bool:
     """Whether one pair of quotes wraps the whole text: not `"Starry Night" ... "4K"`, two
     quoted phrases, whose outer quotes are not a pair. An apostrophe inside a word is no quote."""
-    if len(text) < 2 or _QUOTES.get(text[0]) != text[-1]:
+    if len(text) < 2 or text[0] + text[-1] not in _QUOTE_PAIRS:
         return False
     marks = (text[0], text[-1])
     return not any(
