@@ -20,6 +20,7 @@ from tests.openai_server import OpenAIServer
 from tests.served import ServedApp
 from visionary.clients import Clients
 from visionary.errors import ApiError
+from visionary import guards
 from visionary.guards import DailyCap, IdempotencyLedger, fingerprint
 from visionary.settings import Settings
 from visionary.storage import open_service_client
@@ -97,6 +98,28 @@ async def day_count(azurite: Azurite, container_name: str) -> int:
     async with system_container(azurite, container_name) as records:
         [day] = await blob_names(records, "cost-guard/")
         return json.loads(await (await records.download_blob(day)).readall())["count"]
+
+
+async def test_a_failed_generation_keeps_its_error_when_its_slot_cannot_be_given_back(
+    container: ContainerClient, monkeypatch
+):
+    # Other writers win every race for the day's record, so the give-back runs out of attempts:
+    # the caller must still hear what went wrong with the generation, not "storage unavailable".
+    cap = DailyCap(container, 5, timeout=10)
+    with pytest.raises(ApiError) as raised:
+        async with cap.slot():
+            monkeypatch.setattr(guards, "write_record", _always_contended)
+            monkeypatch.setattr(guards, "_contention_pause", _no_pause)
+            raise ApiError.upstream_error()
+    assert raised.value.code == "upstream_error"
+
+
+async def _always_contended(*args: object, **kwargs: object) -> None:
+    return None  # the ETag had moved on: another writer's change landed first
+
+
+async def _no_pause(attempt: int) -> None:
+    pass
 
 
 async def test_a_count_change_whose_answer_was_lost_is_made_once(

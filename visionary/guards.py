@@ -467,10 +467,11 @@ async def _release(blob: BlobClient, claim: str, timeout: float | None) -> None:
 
 
 async def _best_effort(cleanup: Awaitable[object], consequence: str) -> None:
-    """Clean up after a failed request without letting a storage failure replace its error."""
+    """Clean up after a failed request without letting a storage failure replace its error
+    (the model's 502 must not reach the caller as a 503 because a give-back failed too)."""
     try:
         await cleanup
-    except (TimeoutError, AzureError):
+    except (TimeoutError, AzureError, ApiError):  # ApiError: a record too contended to write
         log.warning("storage failed during cleanup: %s", consequence)
 
 
