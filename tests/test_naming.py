@@ -71,11 +71,11 @@ def test_titles_follow_the_spec() -> None:
 
 def test_names_of_the_node_version_are_read() -> None:
     node = naming.parse_node_name("A cat_on a mat_1700000000000.png")
-    assert node == naming.NodeName("A cat_on a mat", 1_700_000_000_000, "png")
+    assert node == naming.NodeName("A cat_on a mat", 1_700_000_000_000)
     target = naming.name_for(node.prompt, node.ts, "image/png")
     assert target.blob == "gallery/8299999999999_A cat on a mat_1700000000000.png"
     slashed = naming.parse_node_name("cats/dogs_1690000000001.png")  # the raw prompt, "/" and all
-    assert slashed == naming.NodeName("cats/dogs", 1_690_000_000_001, "png")
+    assert slashed == naming.NodeName("cats/dogs", 1_690_000_000_001)
     assert naming.parse_node_name("gallery/0_x_1.png") is None  # the scheme's folder, whatever the name
     assert naming.parse_node_name("gallery/cat_1690000000001.png") is None
     assert naming.parse_node_name("no timestamp.png") is None

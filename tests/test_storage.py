@@ -39,7 +39,7 @@ async def test_blobs_carry_metadata_and_headers(gallery: Gallery, container: Con
     assert unquote(metadata["prompt"]) == prompt
     assert unquote(metadata["revised_prompt"]) == "A fox"
     assert metadata["model"] == "gpt-image-2"
-    assert datetime.fromisoformat(metadata["created"]) == stored.created_at
+    assert datetime.fromisoformat(metadata["created"]) == stored.name.created_at
     assert all(value.isascii() for value in metadata.values())
 
 

@@ -108,7 +108,7 @@ async def generate_image(
     # Of the storage steps that may follow the model (settings.MAX_STORAGE_STEPS_AFTER_MODEL),
     # the ones this request takes: the upload, and one for each guard it meets.
     steps_after = 1 + (idempotency_key is not None) + (guards.cap is not None)
-    reserve = (gallery.timeout or 0.0) * steps_after
+    reserve = gallery.timeout * steps_after
     # The link is signed first: a delegation key storage refuses must fail the request before
     # the model is paid and anything is stored. It is signed again for the answer.
     sas = await gallery.sign()

@@ -423,6 +423,8 @@ class IdempotencyLedger:
             await asyncio.sleep(self.poll_seconds)
 
     def _claimable(self, marker: dict, fingerprint: str) -> bool:
+        """Whether a marker may be taken over (an answer past its window, a claim gone stale);
+        a live one of another request (prompt or size) is an idempotency conflict."""
         age = datetime.now(timezone.utc) - datetime.fromisoformat(marker["since"])
         if marker["state"] == "done" and age > IDEMPOTENCY_WINDOW:
             return True

@@ -21,13 +21,13 @@ MAX_TS = 9_999_999_999_999
 MAX_TITLE_CHARS = 120
 UNTITLED = "untitled"
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
-CONTENT_TYPES = {ext: content_type for content_type, ext in EXTENSIONS.items()} | {"jpeg": "image/jpeg"}
+CONTENT_TYPES = {ext: content_type for content_type, ext in EXTENSIONS.items()}
 
 _SEPARATORS = re.compile(r"[\s/\\_]+")
 # ASCII digits only: \d would read "١٦٩٠" or "１２３" as a timestamp.
 _GALLERY_NAME = re.compile(r"gallery/([0-9]{13})_([^_/]+)_(0|[1-9][0-9]{0,12})\.(png|jpg|webp)")
 # The Node version's name is the raw prompt, "/" and all, so the prompt is the whole path up to `_{ts}.ext`.
-_NODE_NAME = re.compile(r"(.+)_([0-9]{1,13})\.(png|jpg|jpeg|webp)", re.DOTALL | re.IGNORECASE)
+_NODE_NAME = re.compile(r"(.+)_([0-9]{1,13})\.(?:png|jpg|jpeg|webp)", re.DOTALL | re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -100,11 +100,11 @@ def parse_gallery_name(blob: str) -> BlobName | None:
 
 @dataclass(frozen=True)
 class NodeName:
-    """A blob of the Node version: `{prompt}_{ts}.png`, where a "/" in the prompt made a folder."""
+    """A blob of the Node version: `{prompt}_{ts}.png`, where a "/" in the prompt made a folder.
+    Other image extensions are read too; a migrated picture's type comes from its bytes."""
 
     prompt: str
     ts: int
-    ext: str
 
 
 def parse_node_name(blob: str) -> NodeName | None:
@@ -119,5 +119,5 @@ def parse_node_name(blob: str) -> NodeName | None:
     match = _NODE_NAME.fullmatch(blob)
     if not match:
         return None
-    prompt, ts, ext = match.groups()
-    return NodeName(prompt, int(ts), ext)
+    prompt, ts = match.groups()
+    return NodeName(prompt, int(ts))

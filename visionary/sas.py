@@ -25,7 +25,7 @@ from visionary.errors import ApiError
 CLOCK_SKEW = timedelta(minutes=5)
 MAX_WINDOW_STEP = timedelta(minutes=5)
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-PERMISSIONS = "r"
+PERMISSIONS = "r"  # read, and nothing else: what the token is signed with and what its answer says
 # A delegation key is fetched to last an hour beyond the link it first signs, and reused
 # for every later link that ends before it does, while more than five minutes remain.
 DELEGATION_KEY_SPARE = timedelta(hours=1)
@@ -103,7 +103,7 @@ class SasPolicy:
             self.container,
             account_key=account_key,
             user_delegation_key=user_delegation_key,
-            permission=ContainerSasPermissions(read=True),
+            permission=ContainerSasPermissions.from_string(PERMISSIONS),
             start=start,
             expiry=expiry,
             protocol=self.protocol,

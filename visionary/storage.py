@@ -51,9 +51,8 @@ log = logging.getLogger("visionary")
 
 @dataclass(frozen=True)
 class StoredImage:
-    name: naming.BlobName
+    name: naming.BlobName  # when it was made, too: the name's timestamp
     prompt: str
-    created_at: datetime
     revised_prompt: str | None = None
     model: str | None = None
 
@@ -63,7 +62,7 @@ class StoredImage:
             "blob": self.name.blob,
             "url": sas.url_for(self.name.blob),
             "prompt": self.prompt,
-            "createdAt": _iso(self.created_at),
+            "createdAt": _iso(self.name.created_at),
         }
 
     def to_record(self) -> dict[str, str | None]:
@@ -90,7 +89,7 @@ class StoredImage:
         name = naming.parse_gallery_name(blob)
         if name is None:
             raise ValueError(f"a stored record names no gallery blob: {blob!r}")
-        return cls(name, prompt, name.created_at, revised_prompt, model)
+        return cls(name, prompt, revised_prompt, model)
 
 
 @dataclass(frozen=True)
@@ -150,9 +149,9 @@ class Gallery:
         self,
         container: ContainerClient,
         signer: ReadSigner,
+        service: BlobServiceClient,
+        timeout: float,
         clock: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
-        service: BlobServiceClient | None = None,
-        timeout: float | None = None,
         credential: AsyncTokenCredential | None = None,
     ) -> None:
         self.container = container
@@ -161,7 +160,7 @@ class Gallery:
         self.service = service  # owns the connection pool the container client borrows
         self.timeout = timeout  # a deadline for each storage operation, retries included
         self._credential = credential
-        self.late_writes = LateWrites()  # failed uploads, and the system container's failed writes
+        self.late_writes = LateWrites()  # failed uploads, and idempotency claims sent without an answer
         # Simultaneous requests for the same page (a burst of visitors) share one List Blobs call.
         self._pages: SharedReads[tuple[int, str | None], tuple[list[StoredImage], str | None]] = SharedReads(
             self._list_page, cancelled=ApiError.storage_unavailable
@@ -199,17 +198,15 @@ class Gallery:
             signer: ReadSigner = AccountKeySigner(policy, key)
         else:
             signer = UserDelegationSigner(policy, service)
-        return cls(container, signer, service=service, timeout=settings.timeout_seconds, credential=credential)
+        return cls(container, signer, service, settings.timeout_seconds, credential=credential)
 
     def system_container(self, name: str) -> ContainerClient:
         """A private container beside the gallery, for the app's own bookkeeping."""
-        if self.service is None:
-            raise ValueError("a Gallery made without its service client has no system container")
         return self.service.get_container_client(name)
 
     async def close(self) -> None:
         self.late_writes.cancel()
-        await (self.service or self.container).close()
+        await self.service.close()
         if self._credential is not None:
             await self._credential.close()
 
@@ -280,7 +277,7 @@ class Gallery:
                 # answer was lost, which the SDK's retry then met.
                 if await made_by(self.container.get_blob_client(candidate.blob), "upload_id", upload_id) is None:
                     continue
-            return StoredImage(candidate, prompt, candidate.created_at, revised_prompt, model)
+            return StoredImage(candidate, prompt, revised_prompt, model)
         raise ApiError.storage_unavailable()
 
     async def _put(self, name: naming.BlobName, data: bytes, metadata: dict[str, str]) -> None:
@@ -449,7 +446,6 @@ def _stored_image(blob) -> StoredImage | None:
     return StoredImage(
         name=name,
         prompt=prompt,
-        created_at=name.created_at,
         revised_prompt=unquote(metadata["revised_prompt"]) if "revised_prompt" in metadata else None,
         model=unquote(metadata["model"]) if "model" in metadata else None,
     )
