@@ -322,7 +322,7 @@ async def test_serve_reports_a_mistyped_provider_instead_of_drawing_offline(azur
     assert "VISIONARY_PROVIDER" in answer.json()["error"]
     assert "Setting to fix: VISIONARY_PROVIDER" in output and "OFFLINE" not in output
     # Well formed, but too short for generateImage's storage steps: named at start-up too.
-    assert "Setting to fix: VISIONARY_REQUEST_DEADLINE_SECONDS must be more than three times" in output
+    assert "Setting to fix: VISIONARY_REQUEST_DEADLINE_SECONDS must be more than 3 times" in output
 
 
 def development_stack(port: int, azurite_port: int, data: Path, settings: str = NO_LOCAL_SETTINGS[1]) -> list[str]:

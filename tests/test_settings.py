@@ -59,7 +59,7 @@ def test_the_request_deadline_is_a_setting_under_azures_limit():
     assert not slow_storage.problems and slow_storage.require_storage().timeout_seconds == 100
     with pytest.raises(ApiError) as refused:
         slow_storage.require_request_deadline()
-    assert refused.value.code == "not_configured" and "three times" in refused.value.message
+    assert refused.value.code == "not_configured" and "3 times" in refused.value.message
     roomy = {"AzureWebJobsStorage": AZURITE, "VISIONARY_STORAGE_TIMEOUT_SECONDS": "100",
              "VISIONARY_REQUEST_DEADLINE_SECONDS": "600"}
     assert Settings.from_env(roomy).require_request_deadline() == 600
@@ -130,6 +130,9 @@ def test_unmet_names_everything_that_stops_an_endpoint():
     assert keyless == ["VISIONARY_PROVIDER is openai: set OPENAI_API_KEY, or OPENAI_BASE_URL for a compatible server."]
     tight = {"AzureWebJobsStorage": AZURITE, "VISIONARY_PROVIDER": "offline", "VISIONARY_REQUEST_DEADLINE_SECONDS": "30"}
     assert [text.split(" must")[0] for text in Settings.from_env(tight).unmet()] == ["VISIONARY_REQUEST_DEADLINE_SECONDS"]
+    # Another generation setting wrong as well: both are named, not the first alone.
+    both = Settings.from_env(tight | {"VISIONARY_MAX_IMAGES_PER_DAY": "ten"}).unmet()
+    assert [text.split(" must")[0] for text in both] == ["VISIONARY_MAX_IMAGES_PER_DAY", "VISIONARY_REQUEST_DEADLINE_SECONDS"]
     malformed = Settings.from_env({"AzureWebJobsStorage": AZURITE, "VISIONARY_PROVIDER": "opneai"}).unmet()
     assert malformed == ["VISIONARY_PROVIDER must be one of openai, azure, offline, not 'opneai'."]  # said once
 

@@ -177,13 +177,11 @@ class Settings:
     def unmet(self) -> list[str]:
         """Every setting that stops an endpoint, as its 503 would name it: what start-up prints."""
         unmet = [problem.text for problem in self.problems]
-        checks = (
-            ("storage", self.require_storage), ("models", self.require_models),
-            ("generation", self.require_request_deadline),
-        )
-        for concern, check in checks:
-            if any(problem.concern == concern for problem in self.problems):
-                continue  # named above
+        named = {problem.concern for problem in self.problems}
+        # require_storage and require_models raise their concern's problems first: named above.
+        checks = [check for concern, check in (("storage", self.require_storage), ("models", self.require_models))
+                  if concern not in named]
+        for check in (*checks, self.require_request_deadline):
             try:
                 check()
             except ApiError as error:
@@ -211,7 +209,8 @@ class Settings:
         storage_timeout = self.storage.timeout_seconds if self.storage else DEFAULT_STORAGE_TIMEOUT_SECONDS
         if self.request_deadline_seconds <= MAX_STORAGE_STEPS_AFTER_MODEL * storage_timeout:
             raise ApiError.not_configured(
-                "VISIONARY_REQUEST_DEADLINE_SECONDS must be more than three times VISIONARY_STORAGE_TIMEOUT_SECONDS: "
+                f"VISIONARY_REQUEST_DEADLINE_SECONDS must be more than {MAX_STORAGE_STEPS_AFTER_MODEL} times "
+                "VISIONARY_STORAGE_TIMEOUT_SECONDS: "
                 "it keeps that long for the storage steps after the model."
             )
         return self.request_deadline_seconds
