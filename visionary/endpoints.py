@@ -107,8 +107,8 @@ def json_response(body: object, status: int = 200, headers: Mapping[str, str] | 
     )
 
 
-def text_response(text: str, status: int = 200) -> func.HttpResponse:
-    return func.HttpResponse(text, status_code=status, mimetype="text/plain", charset="utf-8")
+def text_response(text: str) -> func.HttpResponse:
+    return func.HttpResponse(text, mimetype="text/plain", charset="utf-8")
 
 
 def error_response(error: ApiError) -> func.HttpResponse:

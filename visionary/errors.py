@@ -1,7 +1,7 @@
 """The API's error model: `{"error": "<a sentence a person can act on>", "code": "<snake_case>"}`.
 
 Everything that goes wrong on purpose is an `ApiError`; the HTTP layer turns it
-into a JSON response. Messages are written here, never copied from exceptions,
+into a JSON response. Messages are written by the app, never copied from exceptions,
 so no key, SAS signature or stack trace can reach a response body.
 """
 
@@ -28,7 +28,7 @@ class ApiError(Exception):
         return {"error": self.message, "code": self.code}
 
     @classmethod
-    def invalid_json(cls, message: str = "The request body must be a JSON object.") -> ApiError:
+    def invalid_json(cls, message: str) -> ApiError:
         return cls(400, "invalid_json", message)
 
     @classmethod

@@ -4,7 +4,7 @@
 compatible server) and accepts both answer shapes, base64 (`b64_json`, what
 gpt-image models return) and a URL (older or compatible servers), which it
 downloads with a timeout and a size cap. `visionary.offline.OfflineImages`
-draws without any network. Whatever the source, the bytes must really be an
+draws without any network. Whatever a model sends, its bytes must really be an
 image of a type we store before anyone stores them.
 """
 
@@ -70,8 +70,8 @@ class ModelImages:
         client: AsyncOpenAI,
         model: str,
         downloads: httpx.AsyncClient,
-        deadline: float | None = None,
-        download_timeout: float | None = None,
+        deadline: float,
+        download_timeout: float,
     ) -> None:
         self._client = client
         self._model = model
@@ -81,7 +81,7 @@ class ModelImages:
 
     async def generate(self, prompt: str, size: str) -> GeneratedImage:
         # One deadline, one error mapping: the model call, its retries and a download together.
-        return await call_model(lambda: self._draw(prompt, size), self._deadline, settings="image model and size")
+        return await call_model(lambda: self._draw(prompt, size), self._deadline, "image model and size")
 
     async def _draw(self, prompt: str, size: str) -> GeneratedImage:
         # The SDK asks (its retries, sign-in and errors); the answer's bytes are parsed here.

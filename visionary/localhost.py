@@ -182,11 +182,11 @@ _UNPARSED_REQUESTS = _WithoutTheRequest()
 
 
 class LocalHost:
-    def __init__(self, functions: Iterable[func.Function], config: HostConfig, root: Path = ROOT) -> None:
+    def __init__(self, functions: Iterable[func.Function], config: HostConfig) -> None:
         self.config = config
         self.routes = routes_of(functions, config.route_prefix)
-        self.web_root = root / "web"
-        self.openapi = root / "openapi.yaml"
+        self.web_root = ROOT / "web"
+        self.openapi = ROOT / "openapi.yaml"
 
     def application(self) -> web.Application:
         logging.getLogger("aiohttp.server").addFilter(_UNPARSED_REQUESTS)  # added once, however often called

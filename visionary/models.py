@@ -94,8 +94,8 @@ class _AzureClientOptions(_ClientOptions):
 
 def open_service(settings: ModelSettings) -> ModelService:
     """One SDK client for the configured service (OpenAI or Azure OpenAI)."""
-    # On aiohttp, the HTTP stack the storage SDK already runs: one connection machinery for
-    # the whole app, and megabytes of base64 read a little faster than through httpx2.
+    # On aiohttp, the HTTP stack the storage SDK already runs (image links alone are fetched
+    # with httpx, `images.download`): megabytes of base64 read faster than through httpx2.
     common = _ClientOptions(
         timeout=settings.timeout_seconds,
         max_retries=settings.max_retries,
@@ -150,24 +150,24 @@ async def _json_of(response: httpx2.Response) -> object:
 
 def _out_of_credit(body: object) -> bool:
     """Whether an error body (OpenAI's shape, or its inner error) says the account has no credit
-    left: the type `insufficient_quota`, which OpenAI keeps under its newer billing codes."""
+    left: its type or its code is one of OUT_OF_CREDIT."""
     error = _inner_error(body)
     return error is not None and (error.get("type") in OUT_OF_CREDIT or error.get("code") in OUT_OF_CREDIT)
 
 
 async def call_model(
     call: Callable[[], Awaitable[T]],
-    deadline: float | None = None,
+    deadline: float,
+    settings_hint: str,
     refused: Callable[[], ApiError] = ApiError.content_policy_violation,
-    settings: str = "model",
 ) -> T:
     """Run a model call (with what depends on it, such as downloading its picture) within
     `deadline` seconds, turning its failures into the API's errors.
 
     The SDK has already made its bounded retries (429, 5xx, timeouts) by the time
     an exception reaches here. `refused` is the error for a content-policy refusal:
-    the caller knows whether its user wrote the prompt. `settings` names the settings that
-    make the request, for a 400 no retry mends.
+    the caller knows whether its user wrote the prompt. `settings_hint` names the settings
+    that make the request, for a 400 no retry mends.
     """
     try:
         async with asyncio.timeout(deadline):
@@ -183,16 +183,16 @@ async def call_model(
         raise ApiError.upstream_timeout() from None
     except openai.RateLimitError as error:
         if _out_of_credit(error.body):  # OpenAI's 429 for an account out of credit: no wait helps
-            raise _upstream(error, settings) from None
+            raise _upstream(error, settings_hint) from None
         raise ApiError.rate_limited(
             "The model service is rate limiting requests; try again later.", retry_after(error.response.headers)
         ) from None
     except openai.BadRequestError as error:
         if is_refusal(_code(error)):
             raise refused() from None
-        raise _upstream(error, settings) from None
+        raise _upstream(error, settings_hint) from None
     except openai.APIStatusError as error:
-        raise _upstream(error, settings) from None
+        raise _upstream(error, settings_hint) from None
     except ClientAuthenticationError as error:
         # Keyless Azure OpenAI: the app's identity got no token (none assigned, or the
         # identity endpoint failed). An azure-core error, but not a storage outage.
@@ -246,7 +246,7 @@ def _unreachable(error: openai.APITimeoutError) -> aiohttp.ClientConnectionError
     return None
 
 
-def _upstream(error: openai.APIStatusError, settings: str) -> ApiError:
+def _upstream(error: openai.APIStatusError, settings_hint: str) -> ApiError:
     log.warning("model service answered %d (%s)", error.status_code, _loggable(_code(error)))
     if _out_of_credit(error.body):
         return ApiError.upstream_error(
@@ -258,7 +258,7 @@ def _upstream(error: openai.APIStatusError, settings: str) -> ApiError:
         return ApiError.upstream_error("The model service does not know the configured model or deployment.")
     if error.status_code == 400:  # the request as the settings make it: trying again will not help
         return ApiError.upstream_error(
-            f"The model service refused the request as the app makes it; check the {settings} settings."
+            f"The model service refused the request as the app makes it; check the {settings_hint} settings."
         )
     return ApiError.upstream_error()
 

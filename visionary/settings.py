@@ -31,6 +31,7 @@ DEFAULT_SUGGESTION_MODEL = "gpt-5.4-mini"
 DEFAULT_IMAGE_SIZES = ("1024x1024", "1024x1536", "1536x1024")
 DEFAULT_STORAGE_TIMEOUT_SECONDS = 10.0
 DEFAULT_MODEL_TIMEOUT_SECONDS = 180.0  # a real image model can take a minute or more
+DEFAULT_MODEL_MAX_RETRIES = 2  # the SDK's own default
 # Azure's front end ends an HTTP request after 230 s: answer 504 ourselves before that,
 # however many retries the SDK is still willing to make.
 DEFAULT_MODEL_DEADLINE_SECONDS = 220.0
@@ -94,7 +95,7 @@ class ModelSettings:
     image_deployment: str | None = None
     chat_deployment: str | None = None
     timeout_seconds: float = DEFAULT_MODEL_TIMEOUT_SECONDS  # one attempt
-    max_retries: int = 2
+    max_retries: int = DEFAULT_MODEL_MAX_RETRIES
     deadline_seconds: float = DEFAULT_MODEL_DEADLINE_SECONDS  # all attempts together
 
     def __repr__(self) -> str:  # keys stay out of logs
@@ -300,10 +301,10 @@ def _models(env: _Reader) -> ModelSettings:
         azure_api_key=env.api_key("AZURE_OPENAI_API_KEY", check=provider == "azure"),
         client_id=identity.client_id(env.environ),
         api_version=env.text("OPENAI_API_VERSION") or DEFAULT_AZURE_API_VERSION,
-        image_deployment=env.text("AZURE_OPENAI_IMAGE_DEPLOYMENT") or image_model,
-        chat_deployment=env.text("AZURE_OPENAI_CHAT_DEPLOYMENT") or suggestion_model,
+        image_deployment=env.text("AZURE_OPENAI_IMAGE_DEPLOYMENT"),  # None: named as the model
+        chat_deployment=env.text("AZURE_OPENAI_CHAT_DEPLOYMENT"),
         timeout_seconds=env.number("VISIONARY_MODEL_TIMEOUT_SECONDS", DEFAULT_MODEL_TIMEOUT_SECONDS, 0.1, 900),
-        max_retries=env.integer("VISIONARY_MODEL_MAX_RETRIES", 2, 0, 10),
+        max_retries=env.integer("VISIONARY_MODEL_MAX_RETRIES", DEFAULT_MODEL_MAX_RETRIES, 0, 10),
         deadline_seconds=env.number(
             "VISIONARY_MODEL_DEADLINE_SECONDS", DEFAULT_MODEL_DEADLINE_SECONDS, 0.1, 3600
         ),
@@ -361,7 +362,7 @@ class _Reader:
             return urlunsplit((scheme.lower(), host.lower(), path, "", ""))
         return value
 
-    def api_key(self, name: str, check: bool = True) -> str | None:
+    def api_key(self, name: str, *, check: bool) -> str | None:
         """A key sent in a header (not repeated: it is a secret). A zero-width space or a line
         break pasted with it would fail every call in the HTTP client, as a 500."""
         value = self.text(name)
@@ -369,7 +370,7 @@ class _Reader:
             self.problem(f"{name} holds a space, a line break or a character that is not ASCII: paste the key again.")
         return value
 
-    def service_url(self, name: str, check: bool = True) -> str | None:
+    def service_url(self, name: str, *, check: bool) -> str | None:
         """A model service's address: http(s), a host, no user:password (which the SDK refuses
         beside its own Authorization header). Not repeated: it may carry a password."""
         value = self.text(name)

@@ -88,7 +88,7 @@ def _wrapped_whole(text: str) -> bool:
 
 
 class ChatSuggestions:
-    def __init__(self, client: AsyncOpenAI, model: str, deadline: float | None = None) -> None:
+    def __init__(self, client: AsyncOpenAI, model: str, deadline: float) -> None:
         self._client = client
         self._model = model
         self._deadline = deadline  # for the model call, all its retries included
@@ -97,9 +97,9 @@ class ChatSuggestions:
         completion = await call_model(
             self._ask,
             self._deadline,
+            "suggestion model",
             # Our own request was refused, not the user's words: nothing for them to rephrase.
             refused=lambda: ApiError.upstream_error("The chat model declined to suggest a prompt; try again."),
-            settings="suggestion model",
         )
         if not (text := _first_text(completion)):
             raise ApiError.upstream_error("The chat model gave no suggestion; try again.")
