@@ -356,7 +356,7 @@ async def test_ctrl_c_on_the_development_stack_keeps_the_pictures_just_stored(tm
     # Ctrl-C signals the terminal's whole process group. Azurite in it began closing at once,
     # died at the stack's own signal mid-close, and lost the last seconds (it saves every 5 s).
     port, azurite = free_port(), Azurite(free_port())  # not started: the stack starts its own
-    env = {**ROOT_ENV, "AzureWebJobsStorage": azurite.connection_string, "VISIONARY_PROVIDER": "offline"}
+    env = {**ROOT_ENV, "VISIONARY_PROVIDER": "offline"}  # no storage named: the stack's Azurite, on its port
 
     async def in_a_terminal(work) -> None:
         output = tmp_path / "stack.log"

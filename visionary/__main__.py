@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from visionary.settings import StorageSettings
 
 AZURITE_PORT = 10000
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,11 +100,7 @@ def serve_app(config: HostConfig, host: str, port: int) -> int:
 def run_stack(
     config: HostConfig, host: str, port: int, azurite_port: int = AZURITE_PORT, data: Path = ROOT / ".azurite"
 ) -> int:
-    """Azurite with its data under .azurite/ (the gallery survives a restart), then the host.
-
-    On another `azurite_port`, name its connection string in AzureWebJobsStorage (or any storage
-    setting): the default, UseDevelopmentStorage=true, is Azurite on 10000.
-    """
+    """Azurite with its data under .azurite/ (the gallery survives a restart), then the host."""
     if _taken("127.0.0.1", azurite_port):
         print(f"Port {azurite_port}, Azurite's, is already in use. If an Azurite is running there, serve the app "
               "alone against it: .venv/bin/python -m visionary serve", file=sys.stderr)
@@ -126,7 +124,7 @@ def run_stack(
             print("Azurite did not start; see the messages above.", file=sys.stderr)
             return 1
         print(f"Azurite on http://127.0.0.1:{azurite_port} (data in {data.name}/)", flush=True)
-        _default_to_azurite(config)
+        _default_to_azurite(config, azurite_port)
         return serve_app(config, host, port)
     except KeyboardInterrupt:
         return 0
@@ -138,14 +136,19 @@ def run_stack(
             azurite.kill()
 
 
-def _default_to_azurite(config: HostConfig) -> None:
+def _default_to_azurite(config: HostConfig, port: int) -> None:
     """The local Azurite is the gallery's storage unless the environment or the settings file
     names another (AzureWebJobsStorage at a real account, say, as Functions projects often do)."""
     from visionary.settings import Settings
 
     config.apply_values()
     if Settings.from_env().storage is None:
-        os.environ["AzureWebJobsStorage"] = "UseDevelopmentStorage=true"
+        os.environ["AzureWebJobsStorage"] = (
+            "UseDevelopmentStorage=true" if port == AZURITE_PORT
+            # Azurite's well-known account and key, public in its documentation.
+            else f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};"
+        )
 
 
 def migrate(config: HostConfig, dry_run: bool) -> int:
