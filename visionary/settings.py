@@ -350,12 +350,14 @@ class _Reader:
     def https_url(self, name: str) -> str | None:
         """An account URL for a managed identity, which signs in over HTTPS only."""
         value = self.text(name)
-        if value is not None and (not value.lower().startswith("https://") or not _hostname(value)):
+        if value is None:
+            return None
+        if not value.lower().startswith("https://") or not _hostname(value):
             self.problem(f"{name} must be an https:// URL: a managed identity signs in over HTTPS only.")
-        elif value is not None and ("?" in value or "#" in value):
+        elif "?" in value or "#" in value:
             # A SAS pasted from the portal would ride along in every link the app hands out.
             self.problem(f"{name} must be the account's URL alone, without a query or a SAS.")
-        elif value is not None:
+        else:
             # Host names ignore case, but the storage SDK reads the account's name off the host as
             # written, and a name in capitals is no account's: it would sign links with it.
             scheme, host, path, _, _ = urlsplit(value)
