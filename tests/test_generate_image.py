@@ -115,14 +115,22 @@ async def test_azure_openai_with_a_key(api: Api, azure_env: OpenAIServer):
     assert answer.json()["model"] == "gallery-images"
 
 
-@pytest.mark.parametrize("user_assigned", [None, "AZURE_CLIENT_ID", "AzureWebJobsStorage__clientId"])
-async def test_azure_openai_with_managed_identity(api: Api, azure_env: OpenAIServer, monkeypatch, user_assigned):
+USER_ASSIGNED = "/subscriptions/0000/resourceGroups/gallery/providers/Microsoft.ManagedIdentity/userAssignedIdentities/app"
+
+
+@pytest.mark.parametrize(("setting", "value", "sent_as"), [
+    (None, None, None),
+    ("AZURE_CLIENT_ID", str(uuid.uuid4()), "client_id"),
+    ("AzureWebJobsStorage__clientId", str(uuid.uuid4()), "client_id"),
+    # As Bicep and Terraform often name the host's identity: by its resource id.
+    ("AzureWebJobsStorage__managedIdentityResourceId", USER_ASSIGNED, "mi_res_id"),
+])
+async def test_azure_openai_with_managed_identity(api: Api, azure_env: OpenAIServer, monkeypatch, setting, value, sent_as):
     monkeypatch.delenv("AZURE_OPENAI_API_KEY")
     monkeypatch.setenv("IDENTITY_ENDPOINT", f"{azure_env.url}/msi/token")
     monkeypatch.setenv("IDENTITY_HEADER", azure_env.identity_header)
-    client_id = str(uuid.uuid4())
-    if user_assigned:
-        monkeypatch.setenv(user_assigned, client_id)
+    if setting:
+        monkeypatch.setenv(setting, value)
     answer = await api.generate({"prompt": PROMPT})
     assert answer.status == 201, answer.body
     [call] = azure_env.model_calls()
@@ -130,7 +138,8 @@ async def test_azure_openai_with_managed_identity(api: Api, azure_env: OpenAISer
     assert "api-key" not in call.headers
     [token_request] = [c for c in azure_env.calls if c.path == "/msi/token"]
     assert token_request.query["resource"] == "https://cognitiveservices.azure.com"
-    assert token_request.query.get("client_id") == (client_id if user_assigned else None)
+    identities = {name: token_request.query.get(name) for name in ("client_id", "mi_res_id")}
+    assert identities == {name: value if name == sent_as else None for name in identities}
 
 
 async def test_offline_draws_the_same_picture_for_the_same_prompt(api: Api, offline_env):

@@ -105,17 +105,22 @@ async def test_fifty_links_cost_one_delegation_key(keyless_app: ServedApp, oauth
     assert delegation_key_requests(oauth_azurite) - before == 1
 
 
-@pytest.mark.parametrize("account_setting", ["AzureWebJobsStorage__blobServiceUri", "VISIONARY_STORAGE_ACCOUNT_URL"])
+@pytest.mark.parametrize(("account_setting", "identity_setting", "identity", "sent_as"), [
+    ("AzureWebJobsStorage__blobServiceUri", "AzureWebJobsStorage__clientId", str(uuid.uuid4()), "client_id"),
+    ("VISIONARY_STORAGE_ACCOUNT_URL", "AzureWebJobsStorage__clientId", str(uuid.uuid4()), "client_id"),
+    ("AzureWebJobsStorage__blobServiceUri", "AzureWebJobsStorage__managedIdentityResourceId",
+     "/subscriptions/0000/resourceGroups/gallery/providers/Microsoft.ManagedIdentity/userAssignedIdentities/app",
+     "mi_res_id"),
+])
 async def test_a_user_assigned_identity_named_for_the_host_signs_the_app_in(
-    oauth_azurite: Azurite, tls, model_server: OpenAIServer, account_setting: str
+    oauth_azurite: Azurite, tls, model_server: OpenAIServer, account_setting, identity_setting, identity, sent_as
 ):
     # An app with only a user-assigned identity names it once, for the Functions host's own
-    # storage connection; the app's storage signs in as the same identity.
-    client_id = str(uuid.uuid4())
+    # storage connection (by client id, or by resource id); the app's storage signs in as the same identity.
     env = keyless_env(tls, model_server, **{
         account_setting: oauth_azurite.blob_endpoint,
         "AzureWebJobsStorage__credential": "managedidentity",
-        "AzureWebJobsStorage__clientId": client_id,
+        identity_setting: identity,
     })
     app = ServedApp.start(free_port(), env)
     try:
@@ -125,7 +130,7 @@ async def test_a_user_assigned_identity_named_for_the_host_signs_the_app_in(
     finally:
         app.stop()
     token_requests = [call for call in model_server.calls if call.path == "/msi/token"]
-    assert token_requests and all(call.query.get("client_id") == client_id for call in token_requests)
+    assert token_requests and all(call.query.get(sent_as) == identity for call in token_requests)
 
 
 async def test_a_key_refresh_that_fails_is_tried_again_not_papered_over(

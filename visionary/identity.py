@@ -1,34 +1,58 @@
 """Keyless sign-in: the Function App's managed identity, for storage and Azure OpenAI alike.
 
 One identity signs in to both, so one setting names it: `AZURE_CLIENT_ID`, or else the
-`AzureWebJobsStorage__clientId` the Functions host signs in with. Neither: the
-system-assigned identity.
+identity the Functions host signs in to its storage with (`AzureWebJobsStorage__clientId`
+or `AzureWebJobsStorage__managedIdentityResourceId`). None of them: the system-assigned
+identity.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # azure-identity is loaded for keyless operation only
-    from azure.identity.aio import DefaultAzureCredential
+    from azure.core.credentials_async import AsyncTokenCredential
 
 CLIENT_ID_SETTINGS = ("AZURE_CLIENT_ID", "AzureWebJobsStorage__clientId")
+RESOURCE_ID_SETTING = "AzureWebJobsStorage__managedIdentityResourceId"
 
 
-def client_id(environ: Mapping[str, str]) -> str | None:
-    """The user-assigned identity the app signs in as; None for the system-assigned one."""
+@dataclass(frozen=True)
+class ManagedIdentity:
+    """Which managed identity the app signs in as: a user-assigned one, by its client id or its
+    resource id (/subscriptions/.../userAssignedIdentities/...), or else the system-assigned one."""
+
+    client_id: str | None = None
+    resource_id: str | None = None
+
+
+def named_identity(environ: Mapping[str, str]) -> ManagedIdentity:
+    """The identity the settings name, in their order: the app's own setting first."""
     for name in CLIENT_ID_SETTINGS:
         if value := environ.get(name, "").strip():
-            return value
-    return None
+            return ManagedIdentity(client_id=value)
+    if value := environ.get(RESOURCE_ID_SETTING, "").strip():
+        return ManagedIdentity(resource_id=value)
+    return ManagedIdentity()
 
 
-def azure_credential(client_id: str | None) -> DefaultAzureCredential:
+def azure_credential(identity: ManagedIdentity) -> AsyncTokenCredential:
     """The chain of sign-ins azure-identity tries in turn: the managed identity on Azure, `az login`
     on a workstation. On Azure, AZURE_TOKEN_CREDENTIALS=ManagedIdentityCredential (an app setting)
-    narrows it to the managed identity alone, as Microsoft advises for production."""
-    from azure.identity.aio import DefaultAzureCredential
+    narrows it to the managed identity alone, as Microsoft advises for production.
 
+    An identity named by resource id exists on Azure alone, where the chain would end at it:
+    the managed identity signs in directly (DefaultAzureCredential takes client ids only).
+    azure-identity passes `identity_config` on to the host's identity endpoint as it is, so
+    it is named as App Service's endpoint (the Functions host's) names it: `mi_res_id`.
+    """
+    from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
+
+    if identity.resource_id:
+        return ManagedIdentityCredential(identity_config={"mi_res_id": identity.resource_id})
     # managed_identity_client_id=None would override the SDK's own AZURE_CLIENT_ID default.
-    return DefaultAzureCredential(managed_identity_client_id=client_id) if client_id else DefaultAzureCredential()
+    if identity.client_id:
+        return DefaultAzureCredential(managed_identity_client_id=identity.client_id)
+    return DefaultAzureCredential()

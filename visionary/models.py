@@ -120,7 +120,7 @@ def open_service(settings: ModelSettings) -> ModelService:
         return ModelService(openai.AsyncAzureOpenAI(api_key=settings.azure_api_key, **azure))
     from azure.identity.aio import get_bearer_token_provider
 
-    credential = azure_credential(settings.client_id)
+    credential = azure_credential(settings.identity)
     token_provider = get_bearer_token_provider(credential, AZURE_SCOPE)
     return ModelService(openai.AsyncAzureOpenAI(azure_ad_token_provider=token_provider, **azure), credential)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Literal, TypedDict, overload
 from urllib.parse import urlsplit, urlunsplit
 
-from visionary import identity
+from visionary.identity import ManagedIdentity, named_identity
 from visionary.errors import ApiError
 
 DEFAULT_CONTAINER = "images"
@@ -58,7 +58,7 @@ class StorageSettings:
     account_name: str | None = None
     account_key: str | None = None
     account_url: str | None = None  # signs in with DefaultAzureCredential
-    client_id: str | None = None  # a user-assigned managed identity's, for the sign-in
+    identity: ManagedIdentity = ManagedIdentity()  # which one signs in, keyless only
     container: str = DEFAULT_CONTAINER
     system_container: str = DEFAULT_SYSTEM_CONTAINER
     public_base_url: str | None = None
@@ -90,7 +90,7 @@ class ModelSettings:
     openai_base_url: str | None = None
     azure_endpoint: str | None = None
     azure_api_key: str | None = None  # None: Microsoft Entra ID via DefaultAzureCredential
-    client_id: str | None = None  # a user-assigned managed identity's, for that sign-in
+    identity: ManagedIdentity = ManagedIdentity()  # which one signs in, keyless Azure OpenAI only
     api_version: str = DEFAULT_AZURE_API_VERSION
     image_deployment: str | None = None
     chat_deployment: str | None = None
@@ -260,16 +260,16 @@ def _storage(env: _Reader) -> StorageSettings | None:
         return StorageSettings(account_name=name, account_key=key, **common)
     if name or key:  # half of the Node version's pair would quietly fall through to another account
         env.problem("accountName and accountKey go together: set both, or neither.")
-    client_id = identity.client_id(env.environ)
+    identity = named_identity(env.environ)
     if account_url := env.https_url("VISIONARY_STORAGE_ACCOUNT_URL"):
-        return StorageSettings(account_url=account_url.rstrip("/"), client_id=client_id, **common)
+        return StorageSettings(account_url=account_url.rstrip("/"), identity=identity, **common)
     if connection_string := env.text("AzureWebJobsStorage"):
         return StorageSettings(connection_string=connection_string, **common)
     # The Functions host's own identity-based storage connection, when it has one.
     if service_uri := env.https_url("AzureWebJobsStorage__blobServiceUri"):
-        return StorageSettings(account_url=service_uri.rstrip("/"), client_id=client_id, **common)
+        return StorageSettings(account_url=service_uri.rstrip("/"), identity=identity, **common)
     if account := env.account_name("AzureWebJobsStorage__accountName"):
-        return StorageSettings(account_url=f"https://{account}.blob.core.windows.net", client_id=client_id, **common)
+        return StorageSettings(account_url=f"https://{account}.blob.core.windows.net", identity=identity, **common)
     return None
 
 
@@ -299,7 +299,7 @@ def _models(env: _Reader) -> ModelSettings:
         openai_base_url=env.service_url("OPENAI_BASE_URL", check=provider == "openai"),
         azure_endpoint=env.service_url("AZURE_OPENAI_ENDPOINT", check=provider == "azure"),
         azure_api_key=env.api_key("AZURE_OPENAI_API_KEY", check=provider == "azure"),
-        client_id=identity.client_id(env.environ),
+        identity=named_identity(env.environ),
         api_version=env.text("OPENAI_API_VERSION") or DEFAULT_AZURE_API_VERSION,
         image_deployment=env.text("AZURE_OPENAI_IMAGE_DEPLOYMENT"),  # None: named as the model
         chat_deployment=env.text("AZURE_OPENAI_CHAT_DEPLOYMENT"),

@@ -169,7 +169,7 @@ class Gallery:
 
     @classmethod
     def from_settings(cls, settings: StorageSettings) -> Gallery:
-        credential = azure_credential(settings.client_id) if settings.account_url else None
+        credential = azure_credential(settings.identity) if settings.account_url else None
         service = open_service_client(settings, credential)
         container = service.get_container_client(settings.container)
         key = getattr(service.credential, "account_key", None)
