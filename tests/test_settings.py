@@ -140,6 +140,10 @@ def test_unmet_names_everything_that_stops_an_endpoint():
 def test_secrets_stay_out_of_the_repr():
     settings = Settings.from_env({"accountName": "acct", "accountKey": "c2VjcmV0LWtleQ=="})
     assert "c2VjcmV0LWtleQ" not in repr(settings)
+    models = Settings.from_env({"OPENAI_API_KEY": "sk-openai-secret", "AZURE_OPENAI_API_KEY": "azure-secret"})
+    assert "secret" not in repr(models) and "secret" not in repr(models.models)
+    connection = Settings.from_env({"VISIONARY_STORAGE_CONNECTION_STRING": "AccountName=a;AccountKey=c2VjcmV0"})
+    assert "c2VjcmV0" not in repr(connection)
 
 
 def test_auth_level():
