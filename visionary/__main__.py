@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from visionary.settings import StorageSettings
 
 AZURITE_PORT = 10000
+# Azurite's well-known account and key, public in its documentation.
 AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
@@ -143,10 +144,9 @@ def _default_to_azurite(config: HostConfig, port: int) -> None:
 
     config.apply_values()
     if Settings.from_env().storage is None:
+        # Named with its port: UseDevelopmentStorage=true would mean port 10000, whatever is there.
         os.environ["AzureWebJobsStorage"] = (
-            "UseDevelopmentStorage=true" if port == AZURITE_PORT
-            # Azurite's well-known account and key, public in its documentation.
-            else f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
             f"BlobEndpoint=http://127.0.0.1:{port}/{AZURITE_ACCOUNT};"
         )
 
