@@ -53,7 +53,9 @@ async def _overhead(model_url: str, image: bytes) -> None:
 
     import function_app
     from visionary import clients
-    from visionary.models import parse_json
+    from visionary.errors import ApiError
+    from visionary.images import MAX_ANSWER_BYTES
+    from visionary.models import json_answer, parse_json
 
     handler = {f.get_function_name(): f for f in function_app.app.get_functions()}["generateImage"]
     handler = handler.get_user_function()
@@ -77,8 +79,10 @@ async def _overhead(model_url: str, image: bytes) -> None:
 
     async def sdk_then_upload() -> None:
         """The floor on the openai SDK, called as generateImage calls it: ask, parse, decode, upload."""
-        answer = await model_client.images.with_raw_response.generate(**ask)
-        await bare_upload(pybase64.b64decode(parse_json(answer.content)["data"][0]["b64_json"], validate=True))
+        answer = await json_answer(
+            model_client.images.with_streaming_response.generate(**ask), MAX_ANSWER_BYTES, ApiError.internal
+        )
+        await bare_upload(pybase64.b64decode(answer["data"][0]["b64_json"], validate=True))
 
     async def plain_sdk_then_upload() -> None:
         """The same with the SDK's own parse (json.loads into its models)."""
@@ -117,7 +121,7 @@ async def _overhead(model_url: str, image: bytes) -> None:
     report(over_upload("generateImage, 1.5 MB b64_json model answer", "ours",
                        f"median of {RUNS}, interleaved", bound=1.5))
     report(over_upload("  floor on the openai SDK: its call as ours, then the bare upload", "sdk",
-                       "the SDK's request, retries and read; pydantic-core's parse; decode"))
+                       "the SDK's request and retries, our capped read, pydantic-core's parse, decode"))
     report(over_upload("  the same with the SDK's own parse", "plain sdk",
                        "json.loads into its models: what pydantic-core saves"))
     report(over_upload("  floor without the SDK: aiohttp POST, the same parse, the bare upload", "http",

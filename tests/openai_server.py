@@ -161,7 +161,9 @@ class Behaviour:
     shape: str = "b64_json"  # or "url", or "redirect" (a URL that answers 302 to the file)
     image: bytes = b""
     revised_prompt: str | None = None
-    error: str | None = None  # a key of IMAGE_ERRORS, or: slow, malformed_json, truncated_b64, html_url
+    # A key of IMAGE_ERRORS, or: slow, malformed_json, truncated_b64, html_url; or a 200 whose body is
+    # oversized (declared, over 28 MB), endless (chunked, with no end), or cut_off (closed halfway).
+    error: str | None = None
     delay: float = 0.0  # seconds before every model answer
     file_delay: float = 0.0  # seconds before a picture behind a URL answer is served
     retry_after: str = "7"
@@ -190,6 +192,7 @@ class OpenAIServer:
     _runner: web.AppRunner | None = None
     _ids: itertools.count = field(default_factory=itertools.count)
     _encoded: tuple[bytes | None, bytes] = (None, b"")
+    sent: int = 0  # bytes of the last broken answer's body that the client took
 
     @property
     def url(self) -> str:
@@ -250,6 +253,8 @@ class OpenAIServer:
             return _error(status, error, headers)
         if b.error == "malformed_json":
             return web.Response(text='{"created": 1, "data": [{"b64_json": "iVBOR', content_type="application/json")
+        if b.error in ("oversized", "endless", "cut_off"):
+            return await self._broken_body(request, b.error)
         item: dict[str, str] = {}
         if b.link is not None:
             item["url"] = b.link
@@ -277,6 +282,30 @@ class OpenAIServer:
                 },
             }
         return web.Response(body=_json_bytes(answer), content_type="application/json")
+
+    async def _broken_body(self, request: web.Request, error: str) -> web.StreamResponse:
+        """A 200 that starts as a picture's b64_json and then is too large (30 MB, declared up
+        front), never ends (chunked), or stops halfway through its declared length."""
+        head, chunk, tail = b'{"created": 1, "data": [{"b64_json": "', b"A" * 1024 * 1024, b'"}]}'
+        declared, written = {"oversized": (30, 30), "endless": (None, 200), "cut_off": (4, 2)}[error]
+        response = web.StreamResponse(headers={"content-type": "application/json"})
+        if declared is not None:
+            response.content_length = len(head) + declared * len(chunk) + len(tail)
+        await response.prepare(request)
+        await response.write(head)
+        self.sent = 0
+        try:
+            while self.sent < written * len(chunk):
+                await response.write(chunk)
+                self.sent += len(chunk)
+            if written == declared:
+                await response.write_eof(tail)
+                return response
+        except ConnectionError:  # the client hung up
+            return response
+        if request.transport is not None:
+            request.transport.close()  # the rest never comes
+        return response
 
     def _base64(self, image: bytes) -> bytes:
         # Encoded once per picture: a model "answering at once" should cost the client, not us.

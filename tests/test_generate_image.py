@@ -174,6 +174,9 @@ async def test_no_model_service_is_a_503_naming_the_settings(api: Api, storage_e
         ("malformed_json", 502, "upstream_error", 1),
         ("truncated_b64", 502, "upstream_error", 1),
         ("html_url", 502, "upstream_error", 1),
+        ("oversized", 502, "upstream_error", 1),
+        ("endless", 502, "upstream_error", 1),
+        ("cut_off", 502, "upstream_error", 1),
     ],
 )
 async def test_model_failures_map_to_errors_and_store_nothing(
@@ -186,6 +189,28 @@ async def test_model_failures_map_to_errors_and_store_nothing(
     assert answer.status == status, answer.body
     assert answer.json()["code"] == code
     assert len(openai_env.model_calls()) == model_calls
+    assert await blob_names(container) == []
+
+
+async def test_a_model_answer_over_the_cap_is_refused_without_reading_it_whole(
+    api: Api, openai_env: OpenAIServer, container: ContainerClient
+):
+    # A compatible server is anyone's: one that sends without end must not fill our memory.
+    buffers = 16 * 1024 * 1024  # what the two sockets may hold when the app hangs up
+    openai_env.behaviour.error = "endless"
+    answer = await api.generate({"prompt": PROMPT})
+    assert answer.status == 502
+    assert answer.json()["error"] == "The model's image is larger than 20 MB."
+    assert images.MAX_ANSWER_BYTES <= openai_env.sent < images.MAX_ANSWER_BYTES + buffers
+    # One that says up front it will send too much is not read at all.
+    openai_env.behaviour.error = "oversized"
+    answer = await api.generate({"prompt": PROMPT})
+    assert answer.json()["error"] == "The model's image is larger than 20 MB."
+    assert openai_env.sent < buffers
+    openai_env.behaviour.error = "cut_off"
+    answer = await api.generate({"prompt": PROMPT})
+    assert answer.status == 502
+    assert answer.json()["error"] == "The model service's answer was cut off; try again."
     assert await blob_names(container) == []
 
 

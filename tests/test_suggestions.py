@@ -1,3 +1,4 @@
+import json
 import random
 
 import pytest
@@ -140,3 +141,16 @@ async def test_a_refused_suggestion_asks_no_one_to_rephrase(api: Api, openai_env
     answer = await api.suggest()
     assert answer.status == 502 and answer.json()["code"] == "upstream_error"
     assert "rephrase" not in answer.json()["error"]
+
+
+async def test_a_chat_answer_too_large_for_a_suggestion_is_refused(api: Api, openai_env: OpenAIServer):
+    # A few kilobytes at most from a chat model; megabytes are a broken or hostile server.
+    words = "a lighthouse on a cliff " * 50_000
+    openai_env.behaviour.raw_answer = (
+        json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": words},
+                                 "finish_reason": "stop"}]}),
+        "application/json",
+    )
+    answer = await api.suggest()
+    assert answer.status == 502
+    assert answer.json()["error"] == "The chat model's answer is too large to be a suggestion."

@@ -19,13 +19,15 @@ import httpx
 import pybase64
 
 from visionary.errors import ApiError
-from visionary.models import MALFORMED_ANSWER, call_model, is_refusal, parse_json
+from visionary.models import MALFORMED_ANSWER, call_model, capped_body, is_refusal, json_answer
 from visionary.text import without_forbidden
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
+# A b64_json answer: the picture's base64 (4 bytes for 3), and room for a revised prompt and usage.
+MAX_ANSWER_BYTES = MAX_IMAGE_BYTES * 4 // 3 + 1024 * 1024
 DOWNLOAD_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 
 
@@ -84,11 +86,13 @@ class ModelImages:
         return await call_model(lambda: self._draw(prompt, size), self._deadline, "image model and size")
 
     async def _draw(self, prompt: str, size: str) -> GeneratedImage:
-        # The SDK asks (its retries, sign-in and errors); the answer's bytes are parsed here.
-        answer = await self._client.images.with_raw_response.generate(
-            model=self._model, prompt=prompt, size=size, n=1
+        # The SDK asks (its retries, sign-in and errors); the answer is read, capped, and parsed here.
+        answer = await json_answer(
+            self._client.images.with_streaming_response.generate(model=self._model, prompt=prompt, size=size, n=1),
+            MAX_ANSWER_BYTES,
+            _too_large,
         )
-        picture = _first_item(parse_json(answer.content))
+        picture = _first_item(answer)
         if _filtered(picture):
             raise ApiError.content_policy_violation()
         b64_json, url, revised_prompt = _fields(picture)
@@ -144,15 +148,7 @@ async def download(client: httpx.AsyncClient, url: str) -> bytes:
             if response.status_code != 200:
                 raise _broken_link()
             declared = response.headers.get("content-length")
-            if declared and declared.isdecimal() and int(declared) > MAX_IMAGE_BYTES:
-                raise _too_large()
-            chunks, size = [], 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > MAX_IMAGE_BYTES:
-                    raise _too_large()
-                chunks.append(chunk)
-            return b"".join(chunks)
+            return await capped_body(response.aiter_bytes(), declared, MAX_IMAGE_BYTES, _too_large)
     except httpx.TimeoutException:
         raise ApiError.upstream_timeout() from None
     except (httpx.HTTPError, ValueError):  # ValueError: a host IDNA cannot decode, here or redirected to

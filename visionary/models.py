@@ -12,7 +12,8 @@ import json
 import logging
 import math
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -173,7 +174,7 @@ async def call_model(
         async with asyncio.timeout(deadline):
             return await call()
     except openai.APITimeoutError as error:
-        if failure := _unreachable(error):
+        if failure := _connection_failure(error):
             log.warning("model service unreachable: %s", type(failure).__name__)
             raise ApiError.upstream_error(
                 "The model service could not be reached; check its endpoint setting."
@@ -211,6 +212,44 @@ def is_refusal(code: object) -> bool:
     return isinstance(code, str) and code.replace("_", "").lower() in REFUSALS
 
 
+async def json_answer(
+    request: AbstractAsyncContextManager[openai.AsyncAPIResponse[Any]],
+    max_bytes: int,
+    too_large: Callable[[], ApiError],
+) -> Any:
+    """The model's JSON answer to a streaming-response call, read as it arrives.
+
+    Read no further than `max_bytes`: any server can be a compatible one, and an answer of
+    gigabytes must not fill the process's memory (the SDK alone reads every answer whole).
+    The SDK has made its retries by the time the body is read: a body cut off is not retried.
+    """
+    async with request as answer:
+        try:
+            body = await capped_body(answer.iter_bytes(), answer.headers.get("content-length"), max_bytes, too_large)
+        except httpx2.TransportError as error:
+            if isinstance(error, httpx2.TimeoutException) and not _connection_failure(error):
+                raise ApiError.upstream_timeout() from None
+            log.warning("model answer cut off: %s", type(error).__name__)
+            raise ApiError.upstream_error("The model service's answer was cut off; try again.") from None
+    return parse_json(body)
+
+
+async def capped_body(
+    chunks: AsyncIterator[bytes], declared: str | None, max_bytes: int, too_large: Callable[[], ApiError]
+) -> bytes:
+    """A response body from its chunks, refused (`too_large`) at a declared length or a read over
+    `max_bytes`, whichever shows first."""
+    if declared and declared.isdecimal() and int(declared) > max_bytes:
+        raise too_large()
+    parts, size = [], 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > max_bytes:
+            raise too_large()
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 def parse_json(body: bytes) -> Any:
     """A model's JSON answer, parsed by pydantic-core (the SDK's own models stand on it).
 
@@ -232,7 +271,7 @@ def parse_json(body: bytes) -> Any:
         raise ApiError.upstream_error("The model service sent an answer that is not JSON.") from None
 
 
-def _unreachable(error: openai.APITimeoutError) -> aiohttp.ClientConnectionError | None:
+def _connection_failure(error: Exception) -> aiohttp.ClientConnectionError | None:
     """The refused or dropped connection that the SDK's aiohttp transport reported as a timeout.
 
     It maps every `aiohttp.ClientConnectionError` to `httpx.ConnectTimeout`; only aiohttp's

@@ -11,7 +11,7 @@ import re
 from typing import TYPE_CHECKING, Any, Protocol
 
 from visionary.errors import ApiError
-from visionary.models import MALFORMED_ANSWER, call_model, parse_json
+from visionary.models import MALFORMED_ANSWER, call_model, json_answer
 from visionary.text import without_forbidden
 
 if TYPE_CHECKING:
@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 # Reasoning models spend part of this budget thinking; the prompt itself is short.
 MAX_COMPLETION_TOKENS = 1000
+# A chat answer of that many tokens is a few kilobytes; a larger one is no answer of a chat model.
+MAX_ANSWER_BYTES = 1024 * 1024
 INSTRUCTIONS = (
     "You write prompts for an AI image generator. Answer with exactly one prompt of at most "
     "40 words and nothing else: no quotes, no preamble."
@@ -106,8 +108,8 @@ class ChatSuggestions:
         return text
 
     async def _ask(self) -> Any:
-        # The SDK asks (its retries, sign-in and errors); the answer's bytes are parsed here.
-        answer = await self._client.chat.completions.with_raw_response.create(
+        # The SDK asks (its retries, sign-in and errors); the answer is read, capped, and parsed here.
+        request = self._client.chat.completions.with_streaming_response.create(
             model=self._model,
             messages=[
                 {"role": "system", "content": INSTRUCTIONS},
@@ -115,7 +117,11 @@ class ChatSuggestions:
             ],
             max_completion_tokens=MAX_COMPLETION_TOKENS,
         )
-        return parse_json(answer.content)
+        return await json_answer(request, MAX_ANSWER_BYTES, _too_large)
+
+
+def _too_large() -> ApiError:
+    return ApiError.upstream_error("The chat model's answer is too large to be a suggestion.")
 
 
 def _first_text(completion: Any) -> str:
