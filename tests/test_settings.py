@@ -1,7 +1,7 @@
 import pytest
 
 from visionary.errors import ApiError
-from visionary.settings import Settings, auth_level
+from visionary.settings import Settings, auth_level, whole_number
 
 AZURITE = "UseDevelopmentStorage=true"
 
@@ -171,3 +171,11 @@ def test_a_model_setting_is_checked_only_for_the_service_that_reads_it():
     assert problems(azure) == []
     [problem] = problems({**azure, "AZURE_OPENAI_ENDPOINT": "gallery.openai.azure.com"})
     assert problem.startswith("AZURE_OPENAI_ENDPOINT must be an http:// or https:// URL")
+
+
+def test_a_whole_number_is_plain_ascii_digits_within_its_bounds():
+    # One reading for settings, the page limit, ports and a model answer's Content-Length.
+    assert whole_number("42", 1, 500) == 42
+    assert whole_number("0042", 1, 500) == 42
+    for text in ("", "٣", "²", "1_000", "+4", " 4", "4.0", "0", "501", "9" * 5000):
+        assert whole_number(text, 1, 500) is None, text

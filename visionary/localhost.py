@@ -29,6 +29,7 @@ from multidict import MultiMapping
 
 from visionary.endpoints import error_response
 from visionary.errors import ApiError
+from visionary.settings import whole_number
 
 log = logging.getLogger("visionary.localhost")
 
@@ -98,12 +99,9 @@ class HostConfig:
 
 
 def port_number(value: object) -> int | None:
-    """A TCP port: a whole number, or up to five ASCII digits, from 1 to 65535; None otherwise.
-
-    ASCII only: "²" passes str.isdigit() but int() refuses it, and "٣" would be port 3.
-    """
-    if isinstance(value, str) and re.fullmatch(r"[0-9]{1,5}", value):
-        value = int(value)
+    """A TCP port, from 1 to 65535, as a JSON number or as text; None otherwise."""
+    if isinstance(value, str):
+        return whole_number(value, 1, 65535)
     if isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535:
         return value
     return None

@@ -28,7 +28,7 @@ from azure.core.exceptions import ClientAuthenticationError
 
 from visionary.errors import ApiError
 from visionary.identity import azure_credential
-from visionary.settings import ModelSettings
+from visionary.settings import ModelSettings, whole_number
 
 log = logging.getLogger("visionary")
 
@@ -239,7 +239,8 @@ async def capped_body(
 ) -> bytes:
     """A response body from its chunks, refused (`too_large`) at a declared length or a read over
     `max_bytes`, whichever shows first."""
-    if declared and declared.isdecimal() and int(declared) > max_bytes:
+    length = whole_number(declared, 0, 2**63) if declared else None  # unreadable: the count below decides
+    if length is not None and length > max_bytes:
         raise too_large()
     parts, size = [], 0
     async for chunk in chunks:

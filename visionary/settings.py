@@ -314,8 +314,8 @@ def _models(env: _Reader) -> ModelSettings:
 _CONTAINER_NAME = re.compile(r"(?!.*--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]")
 _IMAGE_SIZE = re.compile(r"auto|[1-9][0-9]{1,4}x[1-9][0-9]{1,4}")
 # Plain ASCII decimals: int() and float() would also take "1_000", "٣" and "1e3".
-_WHOLE = re.compile(r"[0-9]+")
 MAX_NUMBER_CHARS = 32
+_WHOLE = re.compile(rf"[0-9]{{1,{MAX_NUMBER_CHARS}}}")
 ACCOUNT_NAME = re.compile(r"[a-z0-9]{3,24}")  # what Azure allows; Azurite's devstoreaccount1 too
 _API_KEY = re.compile(r"[!-~]+")  # what a header may carry: printable ASCII, no spaces
 _DECIMAL = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
@@ -431,16 +431,26 @@ class _Reader:
         raw = self.text(name)
         if raw is None:
             return default
-        value: float | None = None
-        # The length first: int() refuses over 4,300 digits with a ValueError.
-        if len(raw) <= MAX_NUMBER_CHARS and (_WHOLE if whole else _DECIMAL).fullmatch(raw):
-            value = int(raw) if whole else float(raw)
+        value: float | None
+        if whole:
+            value = whole_number(raw, int(low), int(high))
+        else:
+            value = float(raw) if len(raw) <= MAX_NUMBER_CHARS and _DECIMAL.fullmatch(raw) else None
         if value is None or not low <= value <= high:
             kind = "a whole number" if whole else "a number"
             shown = raw if len(raw) <= MAX_NUMBER_CHARS else raw[:MAX_NUMBER_CHARS] + "..."
             self.problem(f"{name} must be {kind} from {low} to {high}, not {shown!r}.")
             return default
         return value
+
+
+def whole_number(text: str, low: int, high: int) -> int | None:
+    """`text` as a whole number from `low` to `high`, or None: plain ASCII digits, and no more
+    than 32 of them (int() would take "1_000" and "٣", and refuses over 4,300 digits with a
+    ValueError). For settings, query parameters, ports and header values alike."""
+    if _WHOLE.fullmatch(text) and low <= (value := int(text)) <= high:
+        return value
+    return None
 
 
 def auth_level(environ: Mapping[str, str] | None = None) -> str:
