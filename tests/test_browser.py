@@ -3,14 +3,17 @@
 import asyncio
 import os
 import re
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
 from playwright.async_api import Page, Route, async_playwright, expect
 
-from tests.azurite import ROOT
+from tests.azurite import ACCOUNT, KEY, ROOT
 from tests.served import ServedApp
+from visionary.sas import SasPolicy
 
 CHROMIUM = "/usr/bin/chromium"
 # Flags for a closed network and a root user (see the environment notes in README.md).
@@ -93,19 +96,29 @@ async def test_generate_page_and_see_errors_in_the_gallery(page: Page, served_ap
 
 
 async def test_a_tile_whose_link_has_expired_is_signed_again(page: Page, served_app: ServedApp):
-    # A page left open past its links' expiry: storage answers the old link 403. The tile is
-    # drawn again with a fresh SAS; a picture that fails with a fresh link too is shown as broken.
+    # A page left open past its links' expiry: the gallery page arrives with links signed an
+    # hour ago, which storage (Azurite) refuses with 403. The tile is drawn again with a fresh
+    # SAS; a picture that fails with a fresh link too is shown as broken.
     await seed(served_app, ["Lighthouse at dusk", "Fox in the snow"])
+    old_links: dict[str, str] = {}
+
+    async def gallery_opened_an_hour_ago(route: Route) -> None:
+        response = await route.fetch()
+        gallery_page = await response.json()
+        for image in gallery_page["imageUrls"]:
+            image["url"] = old_links[image["prompt"]] = signed_an_hour_ago(image["url"])
+        await route.fulfill(response=response, json=gallery_page)
+
     refused: list[str] = []
 
     async def storage(route: Route) -> None:
-        url = route.request.url
-        if "Lighthouse" in url or not any("Fox" in seen for seen in refused):
-            refused.append(url)
+        if "Lighthouse" in route.request.url:
+            refused.append(route.request.url)
             await route.fulfill(status=403, content_type="application/xml", body=AUTHENTICATION_FAILED)
         else:
             await route.continue_()
 
+    await page.route("**/api/getImages?*", gallery_opened_an_hour_ago)
     await page.route("**/gallery/**", storage)
     sas_requests: list[str] = []
     page.on("request", lambda request: sas_requests.append(request.url) if "/sasToken" in request.url else None)
@@ -118,6 +131,22 @@ async def test_a_tile_whose_link_has_expired_is_signed_again(page: Page, served_
     await expect(lighthouse).to_have_class(re.compile("is-broken"))
     assert len(sas_requests) == 1  # one fresh SAS for every tile that needed one
     assert sum("Lighthouse" in url for url in refused) == 2  # the old link, then one try with the new
+    fresh = await fox.locator("img").get_attribute("src")
+    assert fresh is not None and fresh != old_links["Fox in the snow"]
+    assert sas_expiry(fresh) > datetime.now(timezone.utc) > sas_expiry(old_links["Fox in the snow"])
+
+
+def signed_an_hour_ago(url: str) -> str:
+    """The same picture's link as a page opened an hour ago holds it: expired half an hour since."""
+    blob_url = url.partition("?")[0]
+    container = urlsplit(blob_url).path.split("/")[2]  # /devstoreaccount1/<container>/gallery/...
+    policy = SasPolicy(ACCOUNT, container, blob_url, ttl=timedelta(minutes=30))
+    start, expiry = policy.window(datetime.now(timezone.utc) - timedelta(hours=1))
+    return f"{blob_url}?{policy.read_sas(start, expiry, account_key=KEY).token}"
+
+
+def sas_expiry(url: str) -> datetime:
+    return datetime.fromisoformat(parse_qs(urlsplit(url).query)["se"][0].replace("Z", "+00:00"))
 
 
 AUTHENTICATION_FAILED = (

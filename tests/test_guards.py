@@ -416,12 +416,24 @@ def counted_work() -> Callable[[], Awaitable[dict]]:
     return work
 
 
-async def test_a_key_is_honoured_for_24_hours_then_does_the_work_again(container: ContainerClient):
+class FrozenClock(datetime):
+    """The ledger's clock (guards' `datetime`), held at `FrozenClock.at`."""
+
+    at = datetime(2026, 11, 21, 9, 30, tzinfo=timezone.utc)
+
+    @classmethod
+    def now(cls, tz=None):
+        return cls.at
+
+
+async def test_a_key_is_honoured_for_24_hours_then_does_the_work_again(container: ContainerClient, monkeypatch):
+    monkeypatch.setattr(guards, "datetime", FrozenClock)
+    answered = FrozenClock.at
     ledger, work = IdempotencyLedger(container), counted_work()
     assert await ledger.once("order-7", "same request", work) == {"run": 1}
-    await age_marker(container, timedelta(hours=23))
+    monkeypatch.setattr(FrozenClock, "at", answered + timedelta(hours=24, seconds=-1))
     assert await ledger.once("order-7", "same request", work) == {"run": 1}
-    await age_marker(container, timedelta(hours=25))
+    monkeypatch.setattr(FrozenClock, "at", answered + timedelta(hours=24, seconds=1))
     assert await ledger.once("order-7", "same request", work) == {"run": 2}
 
 
@@ -430,9 +442,11 @@ async def test_a_crashed_owners_claim_is_taken_over_once_stale(container: Contai
     claim = {"fingerprint": "same request", "state": "running", "since": datetime.now(timezone.utc).isoformat()}
     await container.create_container()
     await container.upload_blob(f"idempotency/{hashlib.sha256(b'crashed').hexdigest()}.json", json.dumps(claim))
+    started = time.monotonic()
     with pytest.raises(ApiError) as waiting:  # a live owner: wait, then 409
         await ledger.once("crashed", "same request", work)
     assert waiting.value.code == "in_progress"
+    assert time.monotonic() - started >= ledger.wait_seconds  # its whole wait (the ledger's own clock)
     await age_marker(container, ledger.stale_after + timedelta(minutes=1))
     assert await ledger.once("crashed", "same request", work) == {"run": 1}
 
@@ -491,12 +505,15 @@ async def test_a_slow_first_request_makes_a_repeat_wait_then_409(api: Api, keyed
     from visionary import clients
 
     keyed_env.behaviour.delay = 1.5
-    clients.current().guards.ledger.wait_seconds = 0.3  # a short bound, for the test
+    ledger = clients.current().guards.ledger
+    ledger.wait_seconds = 0.3  # a short bound, for the test
     key = {"Idempotency-Key": "slow"}
     first = asyncio.create_task(api.generate({"prompt": PROMPT}, headers=key))
     await asyncio.sleep(0.2)
+    started = time.monotonic()
     repeat = await api.generate({"prompt": PROMPT}, headers=key)
     assert repeat.status == 409 and repeat.json()["code"] == "in_progress"
+    assert time.monotonic() - started >= ledger.wait_seconds  # its whole wait (the ledger's own clock)
     assert (await first).status == 201
 
 
