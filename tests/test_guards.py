@@ -416,24 +416,14 @@ def counted_work() -> Callable[[], Awaitable[dict]]:
     return work
 
 
-class FrozenClock(datetime):
-    """The ledger's clock (guards' `datetime`), held at `FrozenClock.at`."""
-
-    at = datetime(2026, 11, 21, 9, 30, tzinfo=timezone.utc)
-
-    @classmethod
-    def now(cls, tz=None):
-        return cls.at
-
-
-async def test_a_key_is_honoured_for_24_hours_then_does_the_work_again(container: ContainerClient, monkeypatch):
-    monkeypatch.setattr(guards, "datetime", FrozenClock)
-    answered = FrozenClock.at
-    ledger, work = IdempotencyLedger(container), counted_work()
+async def test_a_key_is_honoured_for_24_hours_then_does_the_work_again(container: ContainerClient):
+    answered = datetime(2026, 11, 21, 9, 30, tzinfo=timezone.utc)
+    clock = [answered]
+    ledger, work = IdempotencyLedger(container, now=lambda: clock[0]), counted_work()
     assert await ledger.once("order-7", "same request", work) == {"run": 1}
-    monkeypatch.setattr(FrozenClock, "at", answered + timedelta(hours=24, seconds=-1))
+    clock[0] = answered + timedelta(hours=24, seconds=-1)
     assert await ledger.once("order-7", "same request", work) == {"run": 1}
-    monkeypatch.setattr(FrozenClock, "at", answered + timedelta(hours=24, seconds=1))
+    clock[0] = answered + timedelta(hours=24, seconds=1)
     assert await ledger.once("order-7", "same request", work) == {"run": 2}
 
 

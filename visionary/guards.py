@@ -43,6 +43,10 @@ MAX_KEY_CHARS = 200
 IDEMPOTENCY_WINDOW = timedelta(hours=24)
 
 
+def _utc_now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
 # -- ETag-conditional JSON records --------------------------------------------
 
 
@@ -112,12 +116,12 @@ class DailyCap:
         container: ContainerClient,
         cap: int,
         timeout: float | None = None,
-        now: Callable[[], datetime] | None = None,
+        now: Callable[[], datetime] = _utc_now,
     ) -> None:
         self.container = container
         self.cap = cap
         self.timeout = timeout  # for one change of the count, waiting and contention retries included
-        self.now = now or (lambda: datetime.now(timezone.utc))
+        self.now = now
         # A process's changes queue here and one writer applies all that are waiting in a single
         # conditional write: a burst costs a few round trips, not one each. (Racing each other on
         # the ETag, 200 requests at once lost two in three of those races; taking turns, one write
@@ -362,8 +366,10 @@ class IdempotencyLedger:
         timeout: float | None = None,
         readable: Callable[[dict], bool] = _any_answer,
         late_writes: LateWrites | None = None,
+        now: Callable[[], datetime] = _utc_now,
     ) -> None:
         self.container = container
+        self.now = now  # the time markers are written with and aged by
         self.readable = readable  # whether a recorded answer can be given again (not edited by hand)
         self.late_writes = late_writes or LateWrites()  # claims sent without an answer
         self.timeout = timeout  # for each round trip to the marker
@@ -403,7 +409,7 @@ class IdempotencyLedger:
             async with asyncio.timeout(self.timeout):
                 record = await read_record(self.container, blob, self._is_marker)
             if record.data is None or self._claimable(record.data, fingerprint):
-                running = {"fingerprint": fingerprint, "state": "running", "since": _now_iso()}
+                running = {"fingerprint": fingerprint, "state": "running", "since": self.now().isoformat()}
                 write_id = uuid.uuid4().hex
                 try:
                     async with asyncio.timeout(self.timeout):
@@ -425,7 +431,7 @@ class IdempotencyLedger:
     def _claimable(self, marker: dict, fingerprint: str) -> bool:
         """Whether a marker may be taken over (an answer past its window, a claim gone stale);
         a live one of another request (prompt or size) is an idempotency conflict."""
-        age = datetime.now(timezone.utc) - datetime.fromisoformat(marker["since"])
+        age = self.now() - datetime.fromisoformat(marker["since"])
         if marker["state"] == "done" and age > IDEMPOTENCY_WINDOW:
             return True
         if marker["state"] == "running" and age > self.stale_after:
@@ -445,7 +451,7 @@ class IdempotencyLedger:
                 _release(blob, claim, self.timeout), "a failed request's idempotency marker stays until stale"
             )
             raise
-        done = {"fingerprint": fingerprint, "state": "done", "since": _now_iso(), "answer": answer}
+        done = {"fingerprint": fingerprint, "state": "done", "since": self.now().isoformat(), "answer": answer}
         try:
             async with asyncio.timeout(self.timeout):
                 recorded = await write_record(blob, done, claim)
@@ -479,10 +485,6 @@ async def _best_effort(cleanup: Awaitable[object], consequence: str) -> None:
 
 def fingerprint(*parts: str) -> str:
     return hashlib.sha256("\x00".join(parts).encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def _now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat()
 
 
 @dataclass(frozen=True)
