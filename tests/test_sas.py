@@ -6,6 +6,7 @@ import pytest
 from azure.storage.blob.aio import ContainerClient
 
 from tests.conftest import Api, png_bytes
+from visionary import sas
 from visionary.sas import AccountKeySigner, SasPolicy
 
 
@@ -36,33 +37,38 @@ async def test_the_token_reads_but_cannot_list_write_or_delete(api: Api, stored_
     assert still_there.content == png_bytes()
 
 
+NOON = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
+
+
+def utc(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
 async def test_the_token_lives_the_ttl_and_starts_five_minutes_back(api: Api, monkeypatch, storage_env):
     monkeypatch.setenv("VISIONARY_SAS_TTL_MINUTES", "45")
-    before = datetime.now(timezone.utc)
+    monkeypatch.setattr(sas, "_utc_now", lambda: NOON + timedelta(minutes=7, seconds=30))
     answer = (await api.call("sasToken")).json()
     fields = parse_qs(answer["sasToken"])
-    start = datetime.fromisoformat(fields["st"][0].replace("Z", "+00:00"))
-    expiry = datetime.fromisoformat(fields["se"][0].replace("Z", "+00:00"))
     assert fields["sp"] == ["r"] and fields["sr"] == ["c"]
-    # Windows are handed out in steps of five minutes (a sixth of the TTL, at most 5 min).
-    assert timedelta(minutes=5) <= before - start < timedelta(minutes=10)
-    assert timedelta(minutes=45) <= expiry - before <= timedelta(minutes=50)
-    assert datetime.fromisoformat(answer["expiresOn"].replace("Z", "+00:00")) == expiry
+    # Windows are handed out in steps of five minutes (a sixth of the TTL, at most 5 min): this
+    # one was issued at 12:05, starts five minutes before (for clocks behind storage's), and
+    # lives 45 minutes from the end of its step, so at least 45 minutes from any time in it.
+    assert utc(fields["st"][0]) == NOON
+    assert utc(fields["se"][0]) == utc(answer["expiresOn"]) == NOON + timedelta(minutes=10 + 45)
 
 
 async def test_ttl_is_capped_at_a_day(api: Api, monkeypatch, storage_env):
     monkeypatch.setenv("VISIONARY_SAS_TTL_MINUTES", str(7 * 24 * 60))
+    monkeypatch.setattr(sas, "_utc_now", lambda: NOON)
     answer = (await api.call("sasToken")).json()
-    lives = datetime.fromisoformat(answer["expiresOn"].replace("Z", "+00:00")) - datetime.now(timezone.utc)
-    assert timedelta(hours=24) - timedelta(seconds=5) < lives <= timedelta(hours=24, minutes=5)
+    assert utc(answer["expiresOn"]) == NOON + timedelta(minutes=5, hours=24)
 
 
 def test_links_signed_within_one_step_are_the_same_link():
     policy = SasPolicy("acct", "images", "https://acct.blob.core.windows.net/images", ttl=timedelta(minutes=30))
-    noon = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
-    assert policy.window(noon) == policy.window(noon + timedelta(minutes=4, seconds=59))
-    assert policy.window(noon + timedelta(minutes=5)) != policy.window(noon)
-    for now in (noon, noon + timedelta(minutes=4, seconds=59)):
+    assert policy.window(NOON) == policy.window(NOON + timedelta(minutes=4, seconds=59))
+    assert policy.window(NOON + timedelta(minutes=5)) != policy.window(NOON)
+    for now in (NOON, NOON + timedelta(minutes=4, seconds=59)):
         start, expiry = policy.window(now)
         assert start <= now - timedelta(minutes=5) and timedelta(minutes=30) <= expiry - now <= timedelta(minutes=35)
 
