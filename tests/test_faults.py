@@ -1,7 +1,8 @@
 """Storage faults: an Azurite of this test's own is frozen, killed and brought back.
 
-Model faults (429, 500, timeouts, malformed JSON, truncated base64, HTML at an image
-link) are in test_generate_image.py.
+Model faults are in test_models.py (429 and its Retry-After, 5xx, timeouts, answers that break
+the protocol) and test_generate_image.py (how generateImage answers each: truncated base64,
+HTML at an image link, the deadlines).
 """
 
 import asyncio

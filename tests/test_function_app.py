@@ -20,6 +20,20 @@ def test_four_http_triggers_with_their_routes_and_methods():
     }
 
 
+@pytest.mark.parametrize(
+    ("setting", "level"),
+    [(None, "ANONYMOUS"), ("anonymous", "ANONYMOUS"), ("function", "FUNCTION"), (" Function ", "FUNCTION"),
+     ("anonymus", "FUNCTION"), ("admin", "FUNCTION")],
+)
+def test_the_auth_level_the_host_sees(setting: str | None, level: str):
+    # What the Functions host reads from the indexed app: every trigger, in a fresh process.
+    env = {**ROOT_ENV, **({"VISIONARY_AUTH_LEVEL": setting} if setting is not None else {})}
+    script = "import function_app\nfor f in function_app.app.get_functions(): print(f.get_trigger().auth_level.name)"
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [level] * 4
+
+
 def test_importing_the_app_never_fails_on_settings():
     # Malformed settings must not stop the host from listing the functions.
     env = {**ROOT_ENV, "VISIONARY_PAGE_SIZE": "many", "VISIONARY_SAS_TTL_MINUTES": "-3", "accountName": "x"}

@@ -1,7 +1,7 @@
-import logging
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -12,7 +12,7 @@ from tests.azurite import ACCOUNT
 from tests.azurite import KEY as ACCOUNT_KEY
 from tests.conftest import AZURE_KEY, OPENAI_KEY, Api, blob_names
 from tests.openai_server import OpenAIServer
-from visionary import clients, images, sas
+from visionary import clients, generation, images, sas
 from visionary.errors import ApiError
 from visionary.generation import Deadline, ImageRequest, generate_image
 from visionary.images import GeneratedImage
@@ -318,22 +318,6 @@ async def test_the_node_frontend_call_still_works(api: Api, openai_env: OpenAISe
     assert first["name"].split("_")[0] == "Cat in space, watercolor"
 
 
-async def test_logs_never_carry_keys_or_signatures(api: Api, openai_env: OpenAIServer, caplog):
-    caplog.set_level(logging.DEBUG)
-    long_prompt = "An extremely detailed panorama of a harbour " * 5
-    created = (await api.generate({"prompt": long_prompt})).json()
-    await api.get_images()
-    await api.call("sasToken")
-    openai_env.behaviour.error = "bad_key"
-    await api.generate({"prompt": PROMPT})
-    signature = created["url"].split("sig=")[1].split("&")[0]
-    text = "\n".join(record.getMessage() for record in caplog.records)
-    for secret in (OPENAI_KEY, ACCOUNT_KEY, signature, long_prompt[:81]):
-        assert secret not in text
-    outcome = [r.getMessage() for r in caplog.records if r.getMessage().startswith("generateImage status=201")]
-    assert outcome and "model=gpt-image-2" in outcome[0] and "blob=" in outcome[0]
-
-
 async def times_out_within(
     seconds: float, api: Api, container: ContainerClient, headers: dict[str, str] | None = None
 ) -> float:
@@ -389,6 +373,39 @@ async def test_the_request_deadline_bounds_the_model_and_leaves_time_for_storage
     assert elapsed > 0.8, elapsed  # the model had about 1 s of the 2
     openai_env.behaviour.error = None  # the key was freed: the client's retry is drawn
     assert (await api.generate({"prompt": PROMPT}, headers=key)).status == 201
+
+
+@pytest.mark.parametrize(
+    ("key", "cap", "steps_after"),
+    [(False, False, 1), (True, False, 2), (False, True, 2), (True, True, 3)],
+    ids=["upload", "upload+key", "upload+cap", "upload+key+cap"],
+)
+async def test_the_model_gets_the_deadline_less_a_storage_timeout_for_each_step_after_it(
+    openai_env: OpenAIServer, container_name: str, monkeypatch, key: bool, cap: bool, steps_after: int
+):
+    # After the model come the upload, the key's record and the cap's give-back: 1 s kept for each.
+    monkeypatch.setenv("VISIONARY_STORAGE_TIMEOUT_SECONDS", "1")
+    monkeypatch.setenv("VISIONARY_SYSTEM_CONTAINER", f"system-{container_name}")
+    if cap:
+        monkeypatch.setenv("VISIONARY_MAX_IMAGES_PER_DAY", "100")
+    app = clients.current()
+    now = time.monotonic()
+    # The request's clock stands still: the steps before the model take none of its time.
+    monkeypatch.setattr(generation, "time", SimpleNamespace(monotonic=lambda: now))
+    openai_env.behaviour.error = "slow"
+
+    async def code_with(seconds_for_model: float) -> str:
+        deadline = Deadline(now + steps_after + seconds_for_model)
+        idempotency_key = f"share-{uuid.uuid4()}" if key else None
+        with pytest.raises(ApiError) as failed:
+            await generate_image(ImageRequest(PROMPT, "1024x1024"), app.images, app.gallery, app.guards,
+                                 idempotency_key, deadline)
+        return failed.value.code
+
+    assert await code_with(-0.05) == "storage_unavailable"  # nothing left for the model: not called
+    assert openai_env.model_calls() == []
+    assert await code_with(0.2) == "upstream_timeout"  # 0.2 s left: called, and cut off
+    assert len(openai_env.model_calls()) == 1
 
 
 async def test_the_request_deadline_cuts_an_offline_drawing_short(api: Api, offline_env, container, monkeypatch):

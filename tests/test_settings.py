@@ -1,7 +1,7 @@
 import pytest
 
 from visionary.errors import ApiError
-from visionary.settings import Settings, auth_level, whole_number
+from visionary.settings import Settings, whole_number
 
 AZURITE = "UseDevelopmentStorage=true"
 
@@ -144,12 +144,6 @@ def test_secrets_stay_out_of_the_repr():
     assert "secret" not in repr(models) and "secret" not in repr(models.models)
     connection = Settings.from_env({"VISIONARY_STORAGE_CONNECTION_STRING": "AccountName=a;AccountKey=c2VjcmV0"})
     assert "c2VjcmV0" not in repr(connection)
-
-
-def test_auth_level():
-    assert auth_level({}) == "ANONYMOUS"
-    assert auth_level({"VISIONARY_AUTH_LEVEL": "Function"}) == "FUNCTION"
-    assert auth_level({"VISIONARY_AUTH_LEVEL": "typo"}) == "FUNCTION"  # unknown: the safer choice
 
 
 def test_the_model_named_to_the_sdk_is_the_deployment_on_azure():

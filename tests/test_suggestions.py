@@ -6,7 +6,7 @@ import pytest
 from tests.conftest import Api
 from tests.openai_server import OpenAIServer
 from visionary.offline import GENRES, MEDIUMS, OfflineSuggestions
-from visionary.suggestions import clean
+from visionary.suggestions import INSTRUCTIONS, REQUEST, clean
 
 
 async def test_a_chat_suggestion_is_plain_trimmed_text(api: Api, openai_env: OpenAIServer):
@@ -19,8 +19,11 @@ async def test_a_chat_suggestion_is_plain_trimmed_text(api: Api, openai_env: Ope
     assert call.path == "/v1/chat/completions"
     assert call.body["model"] == "gpt-5.4-mini"
     assert 0 < call.body["max_completion_tokens"] <= 2000
-    request = call.body["messages"][-1]["content"]
-    assert "genre" in request and "oil painting" in request
+    # Our instructions as the system's message, our request as the user's: nothing else.
+    assert call.body["messages"] == [
+        {"role": "system", "content": INSTRUCTIONS},
+        {"role": "user", "content": REQUEST},
+    ]
 
 
 async def test_a_suggestion_can_always_be_drawn(api: Api, openai_env: OpenAIServer):
@@ -91,9 +94,12 @@ async def test_a_suggestion_fits_the_prompt_limit_so_it_can_be_drawn_as_it_is(
 
 
 async def test_offline_suggestions_come_from_their_random_source():
-    first = [await OfflineSuggestions(random.Random(7)).suggest() for _ in range(3)]
-    again = [await OfflineSuggestions(random.Random(7)).suggest() for _ in range(3)]
-    assert first == again
+    async def three_from(seed: int) -> list[str]:
+        suggestions = OfflineSuggestions(random.Random(seed))
+        return [await suggestions.suggest() for _ in range(3)]
+
+    assert await three_from(7) == await three_from(7)
+    assert await three_from(7) != await three_from(8)
 
 
 def test_clean_strips_wrapping_quotes_only():
