@@ -1,7 +1,6 @@
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
-from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -12,7 +11,7 @@ from tests.azurite import ACCOUNT
 from tests.azurite import KEY as ACCOUNT_KEY
 from tests.conftest import AZURE_KEY, OPENAI_KEY, Api, blob_names
 from tests.openai_server import OpenAIServer
-from visionary import clients, generation, images, sas
+from visionary import clients, images, sas
 from visionary.errors import ApiError
 from visionary.generation import Deadline, ImageRequest, generate_image
 from visionary.images import GeneratedImage
@@ -390,12 +389,11 @@ async def test_the_model_gets_the_deadline_less_a_storage_timeout_for_each_step_
         monkeypatch.setenv("VISIONARY_MAX_IMAGES_PER_DAY", "100")
     app = clients.current()
     now = time.monotonic()
-    # The request's clock stands still: the steps before the model take none of its time.
-    monkeypatch.setattr(generation, "time", SimpleNamespace(monotonic=lambda: now))
     openai_env.behaviour.error = "slow"
 
     async def code_with(seconds_for_model: float) -> str:
-        deadline = Deadline(now + steps_after + seconds_for_model)
+        # The request's clock stands still: the steps before the model take none of its time.
+        deadline = Deadline(now + steps_after + seconds_for_model, clock=lambda: now)
         idempotency_key = f"share-{uuid.uuid4()}" if key else None
         with pytest.raises(ApiError) as failed:
             await generate_image(ImageRequest(PROMPT, "1024x1024"), app.images, app.gallery, app.guards,
