@@ -346,24 +346,43 @@ async def generation(cap: DailyCap, drawing: float = 0.0) -> int:
         return refused.status
 
 
-async def test_a_burst_in_one_process_queues_for_the_count_instead_of_timing_out(container: ContainerClient):
+def count_writes(monkeypatch) -> list[int]:
+    """The count's conditional writes, attempted, as the cap sends them to storage."""
+    writes: list[int] = []
+    real_write = guards.write_record
+
+    async def counted(*args, **kwargs):
+        writes.append(1)
+        return await real_write(*args, **kwargs)
+
+    monkeypatch.setattr(guards, "write_record", counted)
+    return writes
+
+
+async def test_a_burst_in_one_process_queues_for_the_count_instead_of_timing_out(
+    container: ContainerClient, monkeypatch
+):
     # Racing each other on the count's ETag, two in three of 200 such requests ran out of time (503).
+    writes = count_writes(monkeypatch)
     cap = DailyCap(container, 1000, timeout=10)
     assert await asyncio.gather(*[generation(cap, drawing=0.2) for _ in range(200)]) == [201] * 200
     [day] = await blob_names(container, "cost-guard/")
     assert json.loads(await (await container.download_blob(day)).readall())["count"] == 200
+    assert len(writes) <= 5, len(writes)  # the waiting requests' takes go in one write together
 
 
 async def test_bursts_from_several_processes_each_cost_a_few_writes_not_one_a_request(
-    container: ContainerClient,
+    container: ContainerClient, monkeypatch
 ):
     # Four processes' caps on one count, 150 requests each, and a 3 s storage timeout. One write
     # a request (taking turns) needed 600 round trips in a row, and most ran out of time (503).
+    writes = count_writes(monkeypatch)
     caps = [DailyCap(container, 10_000, timeout=3) for _ in range(4)]
     statuses = await asyncio.gather(*[generation(cap, drawing=0.2) for cap in caps for _ in range(150)])
     assert statuses == [201] * 600
     [day] = await blob_names(container, "cost-guard/")
     assert json.loads(await (await container.download_blob(day)).readall())["count"] == 600
+    assert len(writes) <= 40, len(writes)  # tries that lost a race to another process included
 
 
 async def test_a_burst_over_the_cap_gets_exactly_the_slots_left(container: ContainerClient):
