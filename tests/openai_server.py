@@ -162,7 +162,8 @@ class Behaviour:
     image: bytes = b""
     revised_prompt: str | None = None
     # A key of IMAGE_ERRORS, or: slow, malformed_json, truncated_b64, html_url; or a 200 whose body is
-    # oversized (declared, over 28 MB), endless (chunked, with no end), or cut_off (closed halfway).
+    # oversized (declared, over 28 MB), endless (chunked, with no end), cut_off (closed halfway), or
+    # bad_gzip (marked gzip, and not).
     error: str | None = None
     delay: float = 0.0  # seconds before every model answer
     file_delay: float = 0.0  # seconds before a picture behind a URL answer is served
@@ -255,6 +256,8 @@ class OpenAIServer:
             return web.Response(text='{"created": 1, "data": [{"b64_json": "iVBOR', content_type="application/json")
         if b.error in ("oversized", "endless", "cut_off"):
             return await self._broken_body(request, b.error)
+        if b.error == "bad_gzip":  # says gzip, is not
+            return web.Response(body=b'{"data": []}', headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
         item: dict[str, str] = {}
         if b.link is not None:
             item["url"] = b.link

@@ -1,3 +1,4 @@
+import asyncio
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -176,6 +177,7 @@ async def test_no_model_service_is_a_503_naming_the_settings(api: Api, storage_e
         ("oversized", 502, "upstream_error", 1),
         ("endless", 502, "upstream_error", 1),
         ("cut_off", 502, "upstream_error", 1),
+        ("bad_gzip", 502, "upstream_error", 1),
     ],
 )
 async def test_model_failures_map_to_errors_and_store_nothing(
@@ -404,6 +406,30 @@ async def test_the_model_gets_the_deadline_less_a_storage_timeout_for_each_step_
     assert openai_env.model_calls() == []
     assert await code_with(0.2) == "upstream_timeout"  # 0.2 s left: called, and cut off
     assert len(openai_env.model_calls()) == 1
+
+
+async def test_a_repeat_waits_for_the_first_request_as_long_as_its_own_deadline_leaves_it(
+    openai_env: OpenAIServer, container_name: str, monkeypatch
+):
+    monkeypatch.setenv("VISIONARY_STORAGE_TIMEOUT_SECONDS", "1")
+    monkeypatch.setenv("VISIONARY_SYSTEM_CONTAINER", f"system-{container_name}")
+    app = clients.current()
+    openai_env.behaviour.delay = 3  # the first request is still drawing while the repeat waits
+    key, request = f"repeat-{uuid.uuid4()}", ImageRequest(PROMPT, "1024x1024")
+    first = asyncio.create_task(generate_image(request, app.images, app.gallery, app.guards, key))
+    while not openai_env.model_calls():
+        await asyncio.sleep(0.01)
+    # 0.3 s for the wait, after a storage timeout each for the upload and the key's record,
+    # on a clock of the request's own that stands still at 0.
+    deadline = Deadline(2.3, clock=lambda: 0.0)
+    started = time.monotonic()
+    with pytest.raises(ApiError) as repeat:
+        await generate_image(request, app.images, app.gallery, app.guards, key, deadline)
+    waited = time.monotonic() - started
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    assert repeat.value.code == "in_progress"
+    assert 0.3 <= waited < 1.5, waited  # not the ledger's own 30 s, and not at once
 
 
 async def test_the_request_deadline_cuts_an_offline_drawing_short(api: Api, offline_env, container, monkeypatch):

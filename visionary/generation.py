@@ -129,9 +129,9 @@ async def generate_image(
         record = await draw_and_store()
     else:
         # A repeat waiting on a running first request stops in time for its last look at the marker.
-        wait_until = deadline.at - reserve if deadline else None
+        max_wait = deadline.left() - reserve if deadline else None
         record = await guards.ledger.once(
-            idempotency_key, fingerprint(request.prompt, request.size), draw_and_store, wait_until
+            idempotency_key, fingerprint(request.prompt, request.size), draw_and_store, max_wait
         )
     stored = StoredImage.from_record(record)
     note(model=stored.model, blob=stored.name.blob)  # a repeat's line too, though it drew nothing

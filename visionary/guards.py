@@ -394,17 +394,16 @@ class IdempotencyLedger:
         )
 
     async def once(
-        self, key: str, fingerprint: str, work: Callable[[], Awaitable[dict]], wait_until: float | None = None
+        self, key: str, fingerprint: str, work: Callable[[], Awaitable[dict]], max_wait: float | None = None
     ) -> dict:
         """The answer of `work` for this key: done now, or recorded by an earlier request.
 
-        A repeat waits for a running first request `wait_seconds` at most, and no later
-        than `wait_until` (on the monotonic clock): its own request's deadline.
+        A repeat waits for a running first request `wait_seconds` at most, and no longer
+        than `max_wait` seconds: what its own request's deadline leaves it.
         """
         blob = self.container.get_blob_client(f"idempotency/{hashlib.sha256(key.encode()).hexdigest()}.json")
-        deadline = time.monotonic() + self.wait_seconds
-        if wait_until is not None:
-            deadline = min(deadline, wait_until)
+        waits = self.wait_seconds if max_wait is None else min(self.wait_seconds, max_wait)
+        deadline = time.monotonic() + waits
         while True:
             async with asyncio.timeout(self.timeout):
                 record = await read_record(self.container, blob, self._is_marker)

@@ -231,6 +231,9 @@ async def json_answer(
                 raise ApiError.upstream_timeout() from None
             log.warning("model answer cut off: %s", type(error).__name__)
             raise ApiError.upstream_error("The model service's answer was cut off; try again.") from None
+        except httpx2.DecodingError:  # a gzip (deflate, br, zstd) body that does not decode
+            log.warning("model answer undecodable")
+            raise ApiError.upstream_error("The model service sent an answer that could not be decoded.") from None
     return parse_json(body)
 
 
