@@ -162,8 +162,8 @@ class Behaviour:
     image: bytes = b""
     revised_prompt: str | None = None
     # A key of IMAGE_ERRORS, or: slow, malformed_json, truncated_b64, html_url; or a 200 whose body is
-    # oversized (declared, over 28 MB), endless (chunked, with no end), cut_off (closed halfway), or
-    # bad_gzip (marked gzip, and not).
+    # oversized (declared, over 28 MB), endless (chunked, with no end), cut_off (closed halfway),
+    # stalled (silent after a quarter, longer than any test's timeout), or bad_gzip (marked gzip, and not).
     error: str | None = None
     delay: float = 0.0  # seconds before every model answer
     file_delay: float = 0.0  # seconds before a picture behind a URL answer is served
@@ -254,7 +254,7 @@ class OpenAIServer:
             return _error(status, error, headers)
         if b.error == "malformed_json":
             return web.Response(text='{"created": 1, "data": [{"b64_json": "iVBOR', content_type="application/json")
-        if b.error in ("oversized", "endless", "cut_off"):
+        if b.error in ("oversized", "endless", "cut_off", "stalled"):
             return await self._broken_body(request, b.error)
         if b.error == "bad_gzip":  # says gzip, is not
             return web.Response(body=b'{"data": []}', headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
@@ -288,9 +288,12 @@ class OpenAIServer:
 
     async def _broken_body(self, request: web.Request, error: str) -> web.StreamResponse:
         """A 200 that starts as a picture's b64_json and then is too large (30 MB, declared up
-        front), never ends (chunked), or stops halfway through its declared length."""
+        front), never ends (chunked), or stops partway through its declared length (cut_off:
+        halfway, and the connection closes; stalled: at a quarter, and nothing more comes)."""
         head, chunk, tail = b'{"created": 1, "data": [{"b64_json": "', b"A" * 1024 * 1024, b'"}]}'
-        declared, written = {"oversized": (30, 30), "endless": (None, 200), "cut_off": (4, 2)}[error]
+        declared, written = {
+            "oversized": (30, 30), "endless": (None, 200), "cut_off": (4, 2), "stalled": (4, 1)
+        }[error]
         response = web.StreamResponse(headers={"content-type": "application/json"})
         if declared is not None:
             response.content_length = len(head) + declared * len(chunk) + len(tail)
@@ -306,6 +309,8 @@ class OpenAIServer:
                 return response
         except ConnectionError:  # the client hung up
             return response
+        if error == "stalled":
+            await asyncio.sleep(10)  # longer than any test's timeout
         if request.transport is not None:
             request.transport.close()  # the rest never comes
         return response

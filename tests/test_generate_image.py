@@ -177,13 +177,14 @@ async def test_no_model_service_is_a_503_naming_the_settings(api: Api, storage_e
         ("oversized", 502, "upstream_error", 1),
         ("endless", 502, "upstream_error", 1),
         ("cut_off", 502, "upstream_error", 1),
+        ("stalled", 504, "upstream_timeout", 1),  # not retried: the picture was drawn, and paid for
         ("bad_gzip", 502, "upstream_error", 1),
     ],
 )
 async def test_model_failures_map_to_errors_and_store_nothing(
     api: Api, openai_env: OpenAIServer, container: ContainerClient, monkeypatch, error, status, code, model_calls
 ):
-    if error == "slow":
+    if error in ("slow", "stalled"):
         monkeypatch.setenv("VISIONARY_MODEL_TIMEOUT_SECONDS", "0.5")
     openai_env.behaviour.error = error
     answer = await api.generate({"prompt": PROMPT})
