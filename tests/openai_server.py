@@ -163,11 +163,14 @@ class Behaviour:
     revised_prompt: str | None = None
     # A key of IMAGE_ERRORS, or: slow, malformed_json, truncated_b64, html_url; or a 200 whose body is
     # oversized (declared, over 28 MB), endless (chunked, with no end), cut_off (closed halfway),
-    # stalled (silent after a quarter, longer than any test's timeout), or bad_gzip (marked gzip, and not).
+    # stalled (silent after a quarter, longer than any test's timeout), or bad_gzip (marked gzip, and
+    # not); a key of BROKEN_ERRORS (an error answer whose body breaks so), or
+    # endless_error (a 500 whose body never ends).
     error: str | None = None
     delay: float = 0.0  # seconds before every model answer
     file_delay: float = 0.0  # seconds before a picture behind a URL answer is served
     retry_after: str = "7"
+    retry_after_ms: str | None = None  # sent beside retry-after on a 429 or 503, when set
     raw_answer: tuple[str, str] | None = None  # (body, content type): a 200 that breaks the protocol
     link: str | None = None  # the image link to answer with, as given (a broken one, say)
     suggestion: str = '"A lighthouse on a cliff at dusk, impressionism, oil painting"'
@@ -250,12 +253,15 @@ class OpenAIServer:
             return _raw(b.raw_answer)
         if b.error in IMAGE_ERRORS:
             status, error = IMAGE_ERRORS[b.error]
-            headers = {"retry-after": b.retry_after} if status in (429, 503) else {}
-            return _error(status, error, headers)
+            return _error(status, error, self._retry_after(status))
         if b.error == "malformed_json":
             return web.Response(text='{"created": 1, "data": [{"b64_json": "iVBOR', content_type="application/json")
         if b.error in ("oversized", "endless", "cut_off", "stalled"):
             return await self._broken_body(request, b.error)
+        if b.error in BROKEN_ERRORS:
+            return await _broken_error(request, b.error)
+        if b.error == "endless_error":
+            return await self._endless_error(request)
         if b.error == "bad_gzip":  # says gzip, is not
             return web.Response(body=b'{"data": []}', headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
         item: dict[str, str] = {}
@@ -315,6 +321,27 @@ class OpenAIServer:
             request.transport.close()  # the rest never comes
         return response
 
+    def _retry_after(self, status: int) -> dict[str, str]:
+        if status not in (429, 503):
+            return {}
+        b = self.behaviour
+        return {"retry-after": b.retry_after} | ({"retry-after-ms": b.retry_after_ms} if b.retry_after_ms else {})
+
+    async def _endless_error(self, request: web.Request) -> web.StreamResponse:
+        """A 500 whose error body (chunked) goes on for 64 MB, and then never ends."""
+        response = web.StreamResponse(status=500, headers={"content-type": "application/json"})
+        await response.prepare(request)
+        self.sent = 0
+        try:
+            await response.write(b'{"error": {"message": "')
+            while self.sent < 64 * 1024 * 1024:
+                await response.write(b"x" * 1024 * 1024)
+                self.sent += 1024 * 1024
+            await asyncio.sleep(10)  # longer than any test's timeout
+        except ConnectionError:  # the client hung up
+            pass
+        return response
+
     def _base64(self, image: bytes) -> bytes:
         # Encoded once per picture: a model "answering at once" should cost the client, not us.
         if self._encoded[0] is not image:
@@ -330,7 +357,11 @@ class OpenAIServer:
             return _raw(b.raw_answer)
         if b.error in IMAGE_ERRORS:
             status, error = IMAGE_ERRORS[b.error]
-            return _error(status, error, {"retry-after": b.retry_after} if status in (429, 503) else {})
+            return _error(status, error, self._retry_after(status))
+        if b.error in BROKEN_ERRORS:
+            return await _broken_error(request, b.error)
+        if b.error == "endless_error":
+            return await self._endless_error(request)
         return web.json_response(
             {
                 "id": f"chatcmpl-{next(self._ids)}",
@@ -389,6 +420,27 @@ def _json_bytes(answer: dict) -> bytes:
     item["b64_json"] = marker
     head, tail = json.dumps(answer).encode().split(marker.encode())
     return b"".join((head, encoded, tail))
+
+
+# Error answers whose body breaks: cut off halfway through its declared length, or marked gzip and not.
+BROKEN_ERRORS = {"cut_off_400": 400, "cut_off_500": 500, "bad_gzip_400": 400, "bad_gzip_500": 500}
+
+
+async def _broken_error(request: web.Request, error: str) -> web.StreamResponse:
+    body = json.dumps({"error": IMAGE_ERRORS["server_error"][1]}).encode()
+    response = web.StreamResponse(status=BROKEN_ERRORS[error], headers={"content-type": "application/json"})
+    if error.startswith("bad_gzip"):
+        response.headers["Content-Encoding"] = "gzip"
+        response.content_length = len(body)
+        await response.prepare(request)
+        await response.write_eof(body)
+        return response
+    response.content_length = 2 * len(body)
+    await response.prepare(request)
+    await response.write(body)
+    if request.transport is not None:
+        request.transport.close()  # the rest never comes
+    return response
 
 
 def _raw(answer: tuple[str, str]) -> web.Response:

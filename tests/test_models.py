@@ -7,9 +7,16 @@ import pytest
 
 from tests.azurite import free_port
 from tests.conftest import AZURE_KEY, OPENAI_KEY, Api, blob_names
-from tests.openai_server import OpenAIServer
+from tests.openai_server import BROKEN_ERRORS, OpenAIServer
 from visionary.errors import ApiError
-from visionary.models import DEFAULT_RETRY_AFTER_SECONDS, MAX_RETRY_AFTER_SECONDS, open_service, parse_json, retry_after
+from visionary.models import (
+    DEFAULT_RETRY_AFTER_SECONDS,
+    MAX_ERROR_ANSWER_BYTES,
+    MAX_RETRY_AFTER_SECONDS,
+    open_service,
+    parse_json,
+    retry_after,
+)
 from visionary.settings import Settings
 
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
@@ -21,6 +28,8 @@ NOW = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)
         ({"retry-after": "7"}, 7),
         ({"retry-after": "0.2"}, 1),
         ({"retry-after-ms": "2500", "retry-after": "2"}, 3),  # OpenAI sends both; the finer wins
+        ({"retry-after-ms": "soon", "retry-after": "60"}, 60),  # the SDK, too, waits out the one it reads
+        ({"retry-after-ms": "soon", "retry-after": format_datetime(NOW + timedelta(minutes=2), usegmt=True)}, 120),
         ({"retry-after": format_datetime(NOW + timedelta(minutes=2), usegmt=True)}, 120),
         ({"retry-after": format_datetime(NOW - timedelta(minutes=2), usegmt=True)}, 1),
         ({"retry-after": "1e9"}, MAX_RETRY_AFTER_SECONDS),
@@ -73,6 +82,19 @@ async def test_a_429_asking_for_a_long_wait_is_passed_on_at_once(
     assert await blob_names(container) == []
 
 
+async def test_a_long_wait_is_passed_on_at_once_when_its_retry_after_ms_is_unreadable(
+    api: Api, openai_env: OpenAIServer, monkeypatch
+):
+    # The SDK then waits out the Retry-After in seconds: so must our judgement of its length.
+    monkeypatch.setenv("VISIONARY_MODEL_MAX_RETRIES", "2")
+    openai_env.behaviour.error = "rate_limit"
+    openai_env.behaviour.retry_after, openai_env.behaviour.retry_after_ms = "21", "soon"
+    async with asyncio.timeout(10):
+        answer = await api.suggest()
+    assert (answer.status, answer.headers["Retry-After"]) == (429, "21")
+    assert len(openai_env.model_calls()) == 1
+
+
 @pytest.mark.parametrize(
     "error", ["insufficient_quota", "credit_balance_exhausted", "billing_not_active", "billing_hard_limit_reached"]
 )
@@ -119,6 +141,18 @@ async def test_a_picture_azures_output_filter_took_out_is_a_refusal(api: Api, az
     azure_env.behaviour.raw_answer = (json.dumps(filtered), "application/json")
     answer = await api.generate({"prompt": "A lighthouse"})
     assert (answer.status, answer.json()["code"]) == (400, "content_policy_violation")
+    assert await blob_names(container) == []
+
+
+async def test_a_picture_azures_output_filter_took_out_is_a_refusal_in_its_current_shape_too(
+    api: Api, azure_env: OpenAIServer, container
+):
+    # Microsoft's how-to for DALL-E 3 and GPT-image shows the error in place of the data, not in an item.
+    filtered = {"created": 1698435368, "error": {
+        "code": "contentFilter", "message": "Generated image was filtered as a result of our safety system."}}
+    azure_env.behaviour.raw_answer = (json.dumps(filtered), "application/json")
+    answer = await api.generate({"prompt": "A lighthouse"})
+    assert (answer.status, answer.json()["code"]) == (400, "content_policy_violation"), answer.body
     assert await blob_names(container) == []
 
 
@@ -242,3 +276,37 @@ def test_a_model_answer_is_read_whatever_json_allows():
         with pytest.raises(ApiError) as raised:
             parse_json(unreadable)
         assert (raised.value.status, raised.value.code) == (502, "upstream_error")
+
+
+@pytest.mark.parametrize("error", list(BROKEN_ERRORS))
+async def test_an_error_answer_whose_body_breaks_is_the_model_services_error_not_ours(
+    api: Api, openai_env: OpenAIServer, container, caplog, error
+):
+    # The SDK reads the last attempt's error body itself, and lets its transport's error out as it is.
+    openai_env.behaviour.error = error
+    for answer in (await api.suggest(), await api.generate({"prompt": "A lighthouse"})):
+        assert (answer.status, answer.json()["code"]) == (502, "upstream_error"), answer.body
+        assert answer.json()["error"] == (
+            "The model service sent an answer that could not be decoded."
+            if error.startswith("bad_gzip")
+            else "The model service's answer was cut off; try again."
+        )
+    assert "Traceback" not in caplog.text
+    # A 500 is retried as any 500 is, whatever its body: the SDK closes it unread.
+    attempts = 2 if BROKEN_ERRORS[error] == 500 else 1
+    assert len(openai_env.model_calls()) == 2 * attempts
+    assert await blob_names(container) == []
+
+
+async def test_an_error_answer_without_end_is_refused_at_its_cap_not_read_whole(
+    api: Api, openai_env: OpenAIServer, monkeypatch, container
+):
+    # The SDK reads an error's body whole: a compatible server's must not fill our memory either.
+    monkeypatch.setenv("VISIONARY_MODEL_MAX_RETRIES", "0")
+    buffers = 16 * 1024 * 1024  # what the two sockets may hold when the app hangs up
+    openai_env.behaviour.error = "endless_error"
+    for answer in (await api.suggest(), await api.generate({"prompt": "A lighthouse"})):
+        assert (answer.status, answer.json()["code"]) == (502, "upstream_error"), answer.body
+        assert answer.json()["error"] == "The model service answered with an error too large to read."
+        assert openai_env.sent < MAX_ERROR_ANSWER_BYTES + buffers
+    assert await blob_names(container) == []

@@ -93,7 +93,7 @@ class ModelImages:
             _too_large,
         )
         picture = _first_item(answer)
-        if _filtered(picture):
+        if _filtered(picture) or (isinstance(answer, dict) and _filtered(answer)):
             raise ApiError.content_policy_violation()
         b64_json, url, revised_prompt = _fields(picture)
         if b64_json:
@@ -116,8 +116,8 @@ def _first_item(answer: Any) -> dict:
 
 
 def _filtered(item: dict) -> bool:
-    """Whether Azure's output filter took the picture out: an item with an error of code
-    contentFilter in place of the image, as Microsoft documents it."""
+    """Whether Azure's output filter took the picture out: an error of code contentFilter in
+    place of the image (of an item, or of the whole answer's data), as Microsoft documents it."""
     error = item.get("error")
     return isinstance(error, dict) and is_refusal(error.get("code"))
 

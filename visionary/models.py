@@ -12,7 +12,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -43,6 +43,9 @@ MAX_RETRY_AFTER_SECONDS = 24 * 60 * 60
 # would sit out up to two minutes at each retry, and the request would end in a 504 after
 # minutes; a longer wait goes to our caller at once, as a 429 with the service's Retry-After.
 MAX_WAIT_WITHIN_REQUEST_SECONDS = 20
+# An error answer's body, as sent: OpenAI's are a few hundred bytes, a proxy's HTML page a few
+# thousand. The SDK alone would read any whole.
+MAX_ERROR_ANSWER_BYTES = 32 * 1024
 RETRIED_STATUSES = (408, 409, 429)  # and 5xx: what the SDK retries
 # OpenAI's types and codes for an account or project out of credit, over its spend limit, or
 # with billing not active (429s; billing_hard_limit_reached is a 400): no wait mends them.
@@ -101,7 +104,8 @@ def open_service(settings: ModelSettings) -> ModelService:
         timeout=settings.timeout_seconds,
         max_retries=settings.max_retries,
         http_client=openai.DefaultAioHttpClient(
-            timeout=settings.timeout_seconds, event_hooks={"response": [_no_retry_unless_a_short_wait_mends]}
+            timeout=settings.timeout_seconds,
+            event_hooks={"response": [_error_body_capped, _no_retry_unless_a_short_wait_mends]},
         ),
     )
     if settings.provider != "azure":
@@ -124,6 +128,31 @@ def open_service(settings: ModelSettings) -> ModelService:
     credential = azure_credential(settings.identity)
     token_provider = get_bearer_token_provider(credential, AZURE_SCOPE)
     return ModelService(openai.AsyncAzureOpenAI(azure_ad_token_provider=token_provider, **azure), credential)
+
+
+async def _error_body_capped(response: httpx2.Response) -> None:
+    """Cap an error answer's body for whoever reads it: the SDK reads the last attempt's whole
+    (and closes a retried one unread), and our hook below reads a 429's."""
+    if response.status_code >= 400 and isinstance(response.stream, httpx2.AsyncByteStream):
+        response.stream = _CappedErrorBody(response.stream, response.headers.get("content-length"))
+
+
+class _CappedErrorBody(httpx2.AsyncByteStream):
+    """An error answer's body, read no further than MAX_ERROR_ANSWER_BYTES (as sent)."""
+
+    def __init__(self, stream: httpx2.AsyncByteStream, declared: str | None) -> None:
+        self._stream = stream
+        self._declared = declared
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield await capped_body(self._stream, self._declared, MAX_ERROR_ANSWER_BYTES, _error_too_large)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+def _error_too_large() -> ApiError:
+    return ApiError.upstream_error("The model service answered with an error too large to read.")
 
 
 async def _no_retry_unless_a_short_wait_mends(response: httpx2.Response) -> None:
@@ -182,6 +211,10 @@ async def call_model(
         raise ApiError.upstream_timeout() from None
     except TimeoutError:
         raise ApiError.upstream_timeout() from None
+    except (httpx2.TransportError, httpx2.DecodingError) as error:
+        # A body that broke as it was read: an answer's (`json_answer`), or an error answer's,
+        # which the SDK reads after its retries and lets out as its transport raised it.
+        raise _broken_body(error) from None
     except openai.RateLimitError as error:
         if _out_of_credit(error.body):  # OpenAI's 429 for an account out of credit: no wait helps
             raise _upstream(error, settings_hint) from None
@@ -207,6 +240,16 @@ async def call_model(
         raise ApiError.upstream_error() from None
 
 
+def _broken_body(error: httpx2.TransportError | httpx2.DecodingError) -> ApiError:
+    if isinstance(error, httpx2.DecodingError):  # a gzip (deflate, br, zstd) body that does not decode
+        log.warning("model answer undecodable")
+        return ApiError.upstream_error("The model service sent an answer that could not be decoded.")
+    if isinstance(error, httpx2.TimeoutException) and not _connection_failure(error):
+        return ApiError.upstream_timeout()
+    log.warning("model answer cut off: %s", type(error).__name__)
+    return ApiError.upstream_error("The model service's answer was cut off; try again.")
+
+
 def is_refusal(code: object) -> bool:
     """Whether an error code says the prompt or the picture was refused by a content policy."""
     return isinstance(code, str) and code.replace("_", "").lower() in REFUSALS
@@ -222,23 +265,15 @@ async def json_answer(
     Read no further than `max_bytes`: any server can be a compatible one, and an answer of
     gigabytes must not fill the process's memory (the SDK alone reads every answer whole).
     The SDK has made its retries by the time the body is read: a body cut off is not retried.
+    `call_model` tells the caller what a read that broke means.
     """
     async with request as answer:
-        try:
-            body = await capped_body(answer.iter_bytes(), answer.headers.get("content-length"), max_bytes, too_large)
-        except httpx2.TransportError as error:
-            if isinstance(error, httpx2.TimeoutException) and not _connection_failure(error):
-                raise ApiError.upstream_timeout() from None
-            log.warning("model answer cut off: %s", type(error).__name__)
-            raise ApiError.upstream_error("The model service's answer was cut off; try again.") from None
-        except httpx2.DecodingError:  # a gzip (deflate, br, zstd) body that does not decode
-            log.warning("model answer undecodable")
-            raise ApiError.upstream_error("The model service sent an answer that could not be decoded.") from None
+        body = await capped_body(answer.iter_bytes(), answer.headers.get("content-length"), max_bytes, too_large)
     return parse_json(body)
 
 
 async def capped_body(
-    chunks: AsyncIterator[bytes], declared: str | None, max_bytes: int, too_large: Callable[[], ApiError]
+    chunks: AsyncIterable[bytes], declared: str | None, max_bytes: int, too_large: Callable[[], ApiError]
 ) -> bytes:
     """A response body from its chunks, refused (`too_large`) at a declared length or a read over
     `max_bytes`, whichever shows first."""
@@ -331,19 +366,23 @@ def retry_after(headers: Mapping[str, str], now: datetime | None = None) -> int:
     """Whole seconds to wait, from a 429's `retry-after-ms` or `retry-after` (seconds or an HTTP date).
 
     Always an answer, between 1 s and a day: the API promises a Retry-After with every 429.
+    Read as the SDK reads them (a `retry-after-ms` that is no number gives way to `retry-after`),
+    since the SDK waits out what it reads.
     """
     seconds: float | None = None
     try:
-        if ms := headers.get("retry-after-ms"):
-            seconds = float(ms) / 1000
-        elif value := headers.get("retry-after"):
+        seconds = float(headers.get("retry-after-ms", "")) / 1000
+    except ValueError:
+        pass
+    if seconds is None and (value := headers.get("retry-after")):
+        try:
+            seconds = float(value)
+        except ValueError:
             try:
-                seconds = float(value)
-            except ValueError:
                 when = parsedate_to_datetime(value)
                 seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
-    except (ValueError, TypeError):  # neither a number nor a date (or a date without a zone)
-        seconds = None
+            except (ValueError, TypeError):  # neither a number nor a date (or a date without a zone)
+                seconds = None
     if seconds is None or not math.isfinite(seconds):
         return DEFAULT_RETRY_AFTER_SECONDS
     return min(max(1, math.ceil(seconds)), MAX_RETRY_AFTER_SECONDS)
