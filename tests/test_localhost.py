@@ -120,6 +120,21 @@ async def test_a_compressed_body_is_passed_on_as_sent_and_answered_in_json(
     assert answer.json()["code"] == "invalid_json"
 
 
+async def test_a_body_sent_in_chunks_arrives_empty_as_on_the_functions_host(http: httpx.AsyncClient, offline_env):
+    # The Functions host passes a body on only when it has a Content-Length (a streamed fetch, or a
+    # proxy that streams, sends one in chunks): the app says so, here as on Azure.
+    async def in_chunks():
+        yield b'{"prompt": '
+        yield b'"A lighthouse"}'
+
+    chunked = await http.post("/api/generateImage", content=in_chunks())
+    assert chunked.request.headers["transfer-encoding"] == "chunked"
+    assert chunked.status_code == 400 and chunked.json()["code"] == "invalid_json"
+    assert "Content-Length" in chunked.json()["error"]
+    whole = await http.post("/api/generateImage", content=b'{"prompt": "A lighthouse"}')
+    assert whole.status_code == 201
+
+
 async def test_cors_star_answers_preflight_and_requests(http: httpx.AsyncClient, storage_env):
     preflight = await http.options(
         "/api/generateImage",

@@ -118,6 +118,11 @@ def error_response(error: ApiError) -> func.HttpResponse:
 def json_body(req: func.HttpRequest, max_bytes: int) -> object:
     """The request body parsed as JSON (UTF-8, past a byte-order mark), within a size cap."""
     body = req.get_body() or b""
+    if not body and "chunked" in req.headers.get("Transfer-Encoding", "").lower():
+        raise ApiError.invalid_json(
+            "The request body arrived empty: the Functions host passes on only a body sent with a "
+            "Content-Length, not one sent in chunks (Transfer-Encoding: chunked)."
+        )
     if len(body) > max_bytes:
         raise ApiError.payload_too_large(max_bytes)
     try:

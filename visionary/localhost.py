@@ -214,7 +214,9 @@ class LocalHost:
 
     async def _call(self, route: Route, params: dict[str, str], request: web.Request) -> web.StreamResponse:
         try:
-            body = await request.read()
+            # The Functions host passes a body on only when it has a Content-Length: one sent in
+            # chunks (Transfer-Encoding: chunked, as a streamed fetch or a proxy sends it) arrives empty.
+            body = await request.read() if request.content_length else b""
         except web.HTTPRequestEntityTooLarge:
             return _json_error(ApiError.payload_too_large(MAX_BODY_BYTES))
         except ConnectionResetError:  # the client left before its body was whole: nobody to answer
