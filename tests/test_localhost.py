@@ -103,6 +103,19 @@ async def test_a_request_too_long_to_parse_is_logged_without_its_content(local_h
     assert "SECRET" not in caplog.text and "LineTooLong" in record.getMessage()
 
 
+@pytest.mark.parametrize("host", ["gallery.example:port", "gallery.example:99999", "\udcff"])
+async def test_a_host_header_that_is_no_host_is_a_400_json(local_host: str, storage_env, caplog, host: str):
+    # The Functions host's web server refuses such a request before the app; here it was a plain 500.
+    reader, writer = await asyncio.open_connection("127.0.0.1", urlsplit(local_host).port)
+    head = f"GET /api/getImages HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    writer.write(head.encode("utf-8", "surrogateescape"))
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:100]
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["code"] == "invalid_parameter"
+    assert [r for r in caplog.records if r.levelname == "ERROR"] == []
+
+
 async def test_the_hosts_body_cap_is_a_413_json(http: httpx.AsyncClient):
     answer = await http.post("/api/generateImage", content=b"x" * (MAX_BODY_BYTES + 1))
     assert answer.status_code == 413

@@ -214,6 +214,10 @@ class LocalHost:
 
     async def _call(self, route: Route, params: dict[str, str], request: web.Request) -> web.StreamResponse:
         try:
+            url = str(request.url)
+        except ValueError:  # a Host header that is no host[:port], which the host's web server refuses too
+            return _json_error(ApiError.invalid_parameter("The Host header must be a host name, and a port if any."))
+        try:
             # The Functions host passes a body on only when it has a Content-Length: one sent in
             # chunks (Transfer-Encoding: chunked, as a streamed fetch or a proxy sends it) arrives empty.
             body = await request.read() if request.content_length else b""
@@ -223,7 +227,7 @@ class LocalHost:
             return web.Response(status=400)
         http_request = func.HttpRequest(
             method=request.method,
-            url=str(request.url),
+            url=url,
             headers=_as_the_host_passes(request.headers),
             params=_as_the_host_passes(request.query, drop_empty=True),
             route_params=params,
