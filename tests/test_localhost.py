@@ -2,6 +2,7 @@ import asyncio
 import gzip
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -386,6 +387,20 @@ async def test_the_development_stack_stores_where_the_settings_file_says(tmp_pat
     finally:
         stop_process(process)
     assert container_url.startswith(f"http://127.0.0.1:{azurite.port}/")  # not the stack's own Azurite
+
+
+def test_the_development_stack_without_azurite_installed_says_so(tmp_path):
+    # python -m visionary run in a project where npm ci (or make run) has not run yet.
+    for part in ("visionary", "function_app.py", "host.json"):
+        copy = shutil.copytree if (ROOT / part).is_dir() else shutil.copy
+        copy(ROOT / part, tmp_path / part)
+    command = [sys.executable, "-m", "visionary", "run", "--port", str(free_port()), *NO_LOCAL_SETTINGS]
+    ran = subprocess.run(command, cwd=tmp_path, env=ROOT_ENV, capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 1
+    assert ran.stderr.strip().splitlines() == [
+        "Azurite is not installed (node_modules/.bin/azurite-blob is missing): "
+        "make run installs it, or run npm ci first."
+    ]
 
 
 async def test_ctrl_c_on_the_development_stack_keeps_the_pictures_just_stored(tmp_path):

@@ -109,8 +109,13 @@ def run_stack(
     if taken := _taken(host, port):
         print(taken, file=sys.stderr)
         return 1
+    program = ROOT / "node_modules" / ".bin" / "azurite-blob"
+    if not program.exists():
+        print(f"Azurite is not installed ({program.relative_to(ROOT)} is missing): make run installs it, "
+              "or run npm ci first.", file=sys.stderr)
+        return 1
     azurite = subprocess.Popen(
-        [str(ROOT / "node_modules" / ".bin" / "azurite-blob"), "--location", str(data),
+        [str(program), "--location", str(data),
          "--blobHost", "127.0.0.1", "--blobPort", str(azurite_port), "--skipApiVersionCheck",
          "--disableTelemetry", "--silent"],
         stdout=subprocess.DEVNULL,
