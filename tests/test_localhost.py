@@ -346,6 +346,54 @@ def test_a_fifth_trigger_appears_by_itself():
     assert route.match("/api/images") is None
 
 
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not ipv6_loopback(), reason="this machine has no IPv6 loopback")
+async def test_serve_listens_on_an_ipv6_address(tmp_path, storage_env):
+    port = free_port()
+    output = tmp_path / "serve.log"
+    command = [sys.executable, "-m", "visionary", "serve", "--host", "::1", "--port", str(port),
+               *NO_LOCAL_SETTINGS]
+    env = {**ROOT_ENV, "VISIONARY_STORAGE_CONNECTION_STRING": storage_env.connection_string}
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=output.open("w"), stderr=subprocess.STDOUT)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://[::1]:{port}") as http:
+            for _ in range(300):  # until it listens, or has stopped
+                if process.poll() is not None:
+                    break
+                try:
+                    answer = await http.get("/api/getImages")
+                    break
+                except httpx.ConnectError:
+                    await asyncio.sleep(0.1)
+        assert process.poll() is None, output.read_text()
+        assert answer.status_code == 200
+    finally:
+        stop_process(process, signal.SIGINT)
+    assert f"VisionaryAI on http://[::1]:{port} " in output.read_text()
+
+
+def test_a_port_in_use_is_one_line_naming_it():
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        command = [sys.executable, "-m", "visionary", "serve", "--port", str(port), *NO_LOCAL_SETTINGS]
+        ran = subprocess.run(command, cwd=ROOT, env=ROOT_ENV, capture_output=True, text=True, timeout=60)
+    assert ran.returncode == 1
+    assert ran.stderr.strip().splitlines() == [
+        f"Port {port} on 127.0.0.1 is already in use: stop what is using it, or choose another port "
+        f"(make run ARGS='--port {port + 1}', or --port with python -m visionary)."
+    ]
+
+
 async def test_serve_reports_a_mistyped_provider_instead_of_drawing_offline(azurite: Azurite):
     env = {**ROOT_ENV, "VISIONARY_STORAGE_CONNECTION_STRING": azurite.connection_string,
            "VISIONARY_PROVIDER": "opneai", "VISIONARY_REQUEST_DEADLINE_SECONDS": "20"}

@@ -93,7 +93,9 @@ def serve_app(config: HostConfig, host: str, port: int) -> int:
     application = LocalHost(function_app.app.get_functions(), config).application()
     application.on_shutdown.append(_say_stopping)  # the requests under way may take minutes
     application.on_cleanup.append(lambda _: clients.close_all())
-    print(f"VisionaryAI on http://{host}:{port}  (API under /{config.route_prefix}, gallery at /)", flush=True)
+    address = f"[{host}]" if ":" in host else host  # an IPv6 address, as a URL writes it
+    print(f"VisionaryAI on http://{address}:{port}  (API under /{config.route_prefix}, gallery at /)",
+          flush=True)
     web.run_app(application, host=host, port=port, print=None, access_log=None)
     return 0
 
@@ -207,15 +209,27 @@ async def _say_stopping(_: object) -> None:
 
 
 def _taken(host: str, port: int) -> str | None:
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as error:
-            if error.errno != errno.EADDRINUSE:  # an address this machine does not have, say
-                return f"Cannot listen on {host} port {port}: {error.strerror or error}."
-            return (f"Port {port} on {host} is already in use: stop what is using it, or choose another port "
-                    f"(make run ARGS='--port {port + 1}', or --port with python -m visionary).")
+    """Why the app cannot listen on `host` and `port`, or None. Every address of `host` is tried in
+    its own family, as the server binds them (::1 on an IPv6 socket; localhost on both)."""
+    try:
+        # An empty host is every address, as the server reads it.
+        addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as error:  # a name that does not resolve
+        return f"Cannot listen on {host} port {port}: {error.strerror or error}."
+    for family, kind, protocol, _, address in addresses:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # as the server's own: IPv4 addresses are tried on their own
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                probe.bind(address)
+            except OSError as error:
+                if error.errno == errno.EADDRNOTAVAIL and len(addresses) > 1:
+                    continue  # a family this machine does not have, which the server skips too
+                if error.errno != errno.EADDRINUSE:  # an address this machine does not have, say
+                    return f"Cannot listen on {host} port {port}: {error.strerror or error}."
+                return (f"Port {port} on {host} is already in use: stop what is using it, or choose another "
+                        f"port (make run ARGS='--port {port + 1}', or --port with python -m visionary).")
     return None
 
 
