@@ -74,6 +74,7 @@ def test_the_app_starts_without_its_model_code():
         ("VISIONARY_PAGE_SIZE", "0", {"getImages"}),
         ("VISIONARY_MAX_IMAGES_PER_DAY", "some", {"generateImage"}),
         ("VISIONARY_MAX_PROMPT_CHARS", "0", {"generateImage"}),
+        ("VISIONARY_IMAGE_SIZES", "1024*1024", {"generateImage"}),  # suggestions have no size
     ],
 )
 async def test_a_malformed_setting_stops_only_the_endpoints_that_need_it(

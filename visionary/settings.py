@@ -159,7 +159,7 @@ class Settings:
         gallery, generation = _Reader(environ, "gallery"), _Reader(environ, "generation")
         return cls(
             storage=_storage(storage),
-            models=_models(models),
+            models=_models(models, generation),
             page_size=gallery.integer("VISIONARY_PAGE_SIZE", DEFAULT_PAGE_SIZE, 1, MAX_PAGE_SIZE),
             max_prompt_chars=generation.integer("VISIONARY_MAX_PROMPT_CHARS", DEFAULT_MAX_PROMPT_CHARS, 1, 32_000),
             max_images_per_day=generation.optional_integer("VISIONARY_MAX_IMAGES_PER_DAY", 0, 10**9),
@@ -273,7 +273,9 @@ def _storage(env: _Reader) -> StorageSettings | None:
     return None
 
 
-def _models(env: _Reader) -> ModelSettings:
+def _models(env: _Reader, generation: _Reader) -> ModelSettings:
+    """The model service; `generation` notes what generateImage alone reads (the sizes), so that a
+    mistyped size leaves suggestions alone."""
     provider = (env.text("VISIONARY_PROVIDER") or "").lower() or None
     if provider is None:
         if env.text("AZURE_OPENAI_ENDPOINT"):
@@ -288,7 +290,9 @@ def _models(env: _Reader) -> ModelSettings:
     sizes = tuple(s.strip() for s in (env.text("VISIONARY_IMAGE_SIZES") or "").split(",") if s.strip())
     if unknown := [size for size in sizes if not _IMAGE_SIZE.fullmatch(size)]:
         # Each is sent to the model as it is: a typo would fail every generation that asks for it.
-        env.problem(f"VISIONARY_IMAGE_SIZES must list sizes like 1024x1024 (or auto), not {', '.join(unknown)}.")
+        generation.problem(
+            f"VISIONARY_IMAGE_SIZES must list sizes like 1024x1024 (or auto), not {', '.join(unknown)}."
+        )
     return ModelSettings(
         provider=provider,
         image_model=image_model,
