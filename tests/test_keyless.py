@@ -176,5 +176,26 @@ async def test_a_delegation_key_lives_from_the_start_of_the_links_it_signs(
     assert key_life[0] <= _utc(link["st"]) < _utc(link["se"]) <= key_life[1]
 
 
+async def test_a_delegation_key_is_reused_only_for_links_that_end_before_it(
+    oauth_azurite: Azurite, tls, model_server: OpenAIServer, monkeypatch
+):
+    # Azure refuses a link once the key that signed it has expired, whatever the link's own
+    # expiry says: a key reused until just before its end would sign links that die early.
+    monkeypatch.setenv("IDENTITY_ENDPOINT", f"{model_server.url}/msi/token")
+    monkeypatch.setenv("IDENTITY_HEADER", model_server.identity_header)
+    now = datetime.now(timezone.utc)
+    policy = SasPolicy(ACCOUNT, "images", f"{oauth_azurite.blob_endpoint}/images", ttl=timedelta(minutes=30))
+    credential = ManagedIdentityCredential()
+    service = BlobServiceClient(oauth_azurite.blob_endpoint, credential, connection_verify=str(tls[0]))
+    links = []
+    async with credential, service:
+        signer = UserDelegationSigner(policy, service, clock=lambda: now)
+        for _ in range(24):  # a link every five minutes for two hours
+            links.append({name: values[0] for name, values in parse_qs((await signer.sign()).token).items()})
+            now += timedelta(minutes=5)
+    assert all(_utc(link["skt"]) <= _utc(link["st"]) < _utc(link["se"]) <= _utc(link["ske"]) for link in links)
+    assert len({link["ske"] for link in links}) <= 3  # and a key still serves many links
+
+
 def _utc(stamp: str) -> datetime:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
