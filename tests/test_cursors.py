@@ -28,3 +28,11 @@ def test_a_token_no_listing_can_hold_is_refused_though_its_check_matches(token: 
     # List Blobs answers in XML, which cannot carry \x01; Azurite answers such a marker 500.
     with pytest.raises(ApiError):
         decode_cursor(encode_cursor(token))
+
+
+@pytest.mark.parametrize("token", ["", "gallery/" + "a" * MAX_CURSOR_CHARS])
+def test_a_token_of_ours_that_no_listing_makes_is_refused(token: str):
+    # An empty token would list from the start (a silent restart); one longer than any blob name
+    # would be read and sent on whole, however long a client makes it.
+    with pytest.raises(ApiError):
+        decode_cursor(encode_cursor(token))
