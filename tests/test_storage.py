@@ -1,13 +1,17 @@
+import asyncio
 from datetime import datetime, timezone
 from urllib.parse import unquote
 
+import pytest
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 
 from tests.azurite import Azurite
 from tests.conftest import blob_names, png_bytes
 from tests.lossy_storage import LossyStorage
+from visionary import naming
+from visionary.errors import ApiError
 from visionary.settings import Settings
-from visionary.storage import Gallery, encode_metadata
+from visionary.storage import MAX_CLASH_RETRIES, Gallery, encode_metadata
 
 NOW = 1_763_700_000_000
 
@@ -27,6 +31,20 @@ async def test_uploads_in_the_same_millisecond_get_distinct_names(gallery: Galle
     assert second.name.blob < first.name.blob  # the later one lists first
     assert await (await container.download_blob(first.name.blob)).readall() == png_bytes(1)
     assert await (await container.download_blob(second.name.blob)).readall() == png_bytes(2)
+
+
+async def test_a_millisecond_taken_at_every_name_tried_is_a_503_that_stores_nothing(
+    gallery: Gallery, container: ContainerClient
+):
+    gallery.clock = lambda: NOW
+    first = naming.name_for("same prompt", NOW)
+    taken = [first.later(ms).blob for ms in range(MAX_CLASH_RETRIES)]  # another picture at each
+    await container.create_container()
+    await asyncio.gather(*(container.upload_blob(name, png_bytes(1)) for name in taken))
+    with pytest.raises(ApiError) as caught:
+        await gallery.upload(png_bytes(2), "image/png", "same prompt")
+    assert caught.value.code == "storage_unavailable"
+    assert sorted(await blob_names(container)) == sorted(taken)  # nothing overwritten, nothing added
 
 
 async def test_blobs_carry_metadata_and_headers(gallery: Gallery, container: ContainerClient):
