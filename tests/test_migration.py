@@ -14,9 +14,10 @@ from azure.storage.blob.aio import ContainerClient
 from PIL import Image
 
 from tests.azurite import KEY, ROOT, Azurite
-from tests.conftest import ROOT_ENV, png_bytes
+from tests.conftest import ROOT_ENV, blob_names, png_bytes
 from tests.served import NO_LOCAL_SETTINGS
 from visionary import naming
+from visionary.images import MAX_IMAGE_BYTES
 from visionary.migration import Action, Outcome, Report, _delete_source, describe, migrate
 from visionary.storage import MAX_CLASH_RETRIES, Gallery, encode_metadata
 
@@ -346,6 +347,20 @@ async def test_the_copy_is_named_and_typed_by_what_the_bytes_really_are(containe
     assert outcomes(report) == {"a jpeg all along_1700000004000.png": (Action.MOVED, target)}
     properties = await container.get_blob_client(target).get_blob_properties()
     assert properties.content_settings.content_type == "image/jpeg"
+
+
+async def test_a_blob_larger_than_any_picture_is_left_unread(container: ContainerClient):
+    # PNG-shaped from end to end, but larger than generateImage ever stores (MAX_IMAGE_BYTES).
+    oversized = png_bytes()[:16] + bytes(MAX_IMAGE_BYTES) + png_bytes()[-12:]
+    await container.create_container()
+    await container.upload_blob("a giant_1700000005000.png", oversized)
+
+    report = await migrate(container)
+
+    assert outcomes(report) == {
+        "a giant_1700000005000.png": (Action.LEFT, f"{len(oversized)} bytes, too large for a picture")
+    }
+    assert await blob_names(container) == ["a giant_1700000005000.png"]
 
 
 async def test_a_container_that_does_not_exist_has_nothing_to_migrate(container: ContainerClient):
