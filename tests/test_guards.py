@@ -446,6 +446,19 @@ async def test_a_key_is_honoured_for_24_hours_then_does_the_work_again(container
     assert await ledger.once("order-7", "same request", work) == {"run": 2}
 
 
+async def test_a_key_past_its_24_hours_is_free_for_another_request_too(container: ContainerClient):
+    answered = datetime(2026, 11, 21, 9, 30, tzinfo=timezone.utc)
+    clock = [answered]
+    ledger, work = IdempotencyLedger(container, now=lambda: clock[0]), counted_work()
+    assert await ledger.once("order-8", "first request", work) == {"run": 1}
+    clock[0] = answered + timedelta(hours=24, seconds=-1)
+    with pytest.raises(ApiError) as conflict:
+        await ledger.once("order-8", "another request", work)
+    assert conflict.value.code == "idempotency_conflict"
+    clock[0] = answered + timedelta(hours=24, seconds=1)
+    assert await ledger.once("order-8", "another request", work) == {"run": 2}
+
+
 async def test_a_crashed_owners_claim_is_taken_over_once_stale(container: ContainerClient):
     ledger, work = IdempotencyLedger(container, wait_seconds=0.2, poll_seconds=0.05), counted_work()
     claim = {"fingerprint": "same request", "state": "running", "since": datetime.now(timezone.utc).isoformat()}
@@ -547,6 +560,7 @@ async def test_a_repeat_waits_for_a_running_first_request_only_within_its_deadli
 
 @pytest.mark.parametrize("edit", [
     pytest.param(lambda marker: {"state": "done"}, id="no-claim"),
+    pytest.param(lambda marker: {**marker, "since": marker["since"][:19]}, id="since-without-time-zone"),
     pytest.param(lambda marker: {**marker, "answer": {**marker["answer"], "blob": "elsewhere.png"}}, id="no-gallery-blob"),
     pytest.param(lambda marker: {**marker, "answer": {**marker["answer"], "prompt": 42}}, id="prompt-not-text"),
     pytest.param(lambda marker: {**marker, "answer": ["not", "a", "record"]}, id="answer-not-a-record"),
