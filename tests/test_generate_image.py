@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
-from azure.core.exceptions import ClientAuthenticationError
+from azure.core.exceptions import ClientAuthenticationError, ServiceRequestError
 from azure.storage.blob.aio import ContainerClient
 
 from tests.azurite import ACCOUNT
@@ -265,6 +265,28 @@ async def test_the_link_lives_its_whole_lifetime_from_the_answer_however_long_th
     created = await generate_image(ImageRequest(PROMPT, "1024x1024"), TenMinuteModel(), gallery, clients.current().guards)
     lifetime = timedelta(minutes=Settings.from_env().require_storage().sas_ttl_minutes)
     assert created.sas.expires_on >= clock[0] + lifetime
+
+
+async def test_a_stored_picture_is_answered_with_the_early_link_when_storage_cannot_sign_again(
+    gallery: Gallery, container: ContainerClient
+):
+    # Storage signed the first link and took the upload, then failed to sign again (a delegation
+    # key's refresh, say): the picture is stored, so the answer is its 201 with the link signed
+    # before the model, which still works, not a 503 whose retry would draw and store it twice.
+    class Unreachable:
+        async def sign(self) -> sas.ReadSas:
+            raise ServiceRequestError("storage unreachable")
+
+    class ModelAfterWhichSigningFails:
+        async def generate(self, prompt: str, size: str) -> GeneratedImage:
+            gallery.signer = Unreachable()
+            return await OfflineImages().generate(prompt, size)
+
+    request = ImageRequest(PROMPT, "1024x1024")
+    created = await generate_image(request, ModelAfterWhichSigningFails(), gallery, clients.current().guards)
+    assert await blob_names(container) == [created.stored.name.blob]
+    picture = await fetch(created.to_json()["url"])
+    assert picture.status_code == 200 and picture.content == draw(PROMPT)
 
 
 @pytest.mark.parametrize(
