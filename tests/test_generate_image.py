@@ -325,6 +325,17 @@ async def test_the_prompt_limit_is_a_setting(api: Api, openai_env: OpenAIServer,
     assert (await api.generate({"prompt": "ten chars!"})).status == 201  # the limit itself is allowed
 
 
+async def test_a_body_of_64_kb_is_taken_and_one_byte_more_is_too_large(api: Api, openai_env: OpenAIServer):
+    def body_of(size: int) -> bytes:
+        # The prompt, and a field the app ignores that fills the body up to `size` bytes.
+        start, end = b'{"prompt": "' + PROMPT.encode() + b'", "note": "', b'"}'
+        return start + b"." * (size - len(start) - len(end)) + end
+
+    assert (await api.generate(body_of(64 * 1024))).status == 201
+    answer = await api.generate(body_of(64 * 1024 + 1))
+    assert (answer.status, answer.json()["code"]) == (413, "payload_too_large")
+
+
 async def test_the_longest_prompt_the_setting_allows_fits_the_body_limit(
     api: Api, openai_env: OpenAIServer, monkeypatch
 ):
