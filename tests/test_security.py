@@ -103,7 +103,9 @@ async def test_a_refused_model_key_is_not_echoed(api: Api, openai_env: OpenAISer
 async def test_no_prompt_or_model_error_can_forge_a_log_line(api: Api, openai_env: OpenAIServer, monkeypatch, caplog):
     caplog.set_level(logging.INFO)
     forged = "x\ngenerateImage status=201 blob=forged.png"
-    assert (await api.generate({"prompt": f"cat{forged}"})).status == 201
+    # Spaced with tabs too: a value with no space in it is logged unquoted.
+    for prompt in (f"cat{forged}", f"cat{forged}".replace(" ", "\t")):
+        assert (await api.generate({"prompt": prompt})).status == 201
     # A gateway's error whose code carries a newline and the key it was sent.
     monkeypatch.setitem(openai_server.IMAGE_ERRORS, "echo", (500, {"message": "no", "type": None, "param": None,
                                                                    "code": f"{OPENAI_KEY}{forged}"}))
