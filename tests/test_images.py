@@ -20,11 +20,15 @@ def test_stored_types_are_recognised_by_their_bytes():
     assert image_type(encoded("PNG")) == "image/png"
     assert image_type(encoded("JPEG")) == "image/jpeg"
     assert image_type(encoded("WEBP")) == "image/webp"
+    # Some encoders pad a JPEG with zero bytes after its end marker: still the whole picture.
+    assert image_type(encoded("JPEG") + b"\x00" * 16) == "image/jpeg"
 
 
 def test_anything_else_or_a_cut_image_is_refused():
     png = encoded("PNG")
-    for data in (b"", b"<!doctype html><p>Sign in</p>", png[: len(png) // 2], encoded("WEBP")[:20], encoded("GIF")):
+    jpeg, webp = encoded("JPEG"), encoded("WEBP")
+    cut = (png[: len(png) // 2], jpeg[: len(jpeg) // 2], webp[:20], webp[:-1])
+    for data in (b"", b"<!doctype html><p>Sign in</p>", *cut, encoded("GIF")):
         assert image_type(data) is None
     # Signatures with nothing behind them: no header chunk, so no picture to show.
     assert image_type(b"\x89PNG\r\n\x1a\nIEND\xaeB`\x82") is None
