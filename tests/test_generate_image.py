@@ -384,6 +384,16 @@ async def test_the_model_deadline_covers_downloading_a_url_answer(
     await times_out_within(2, api, container)
 
 
+async def test_a_link_silent_for_longer_than_a_download_may_wait_is_a_timeout(
+    api: Api, openai_env: OpenAIServer, container, monkeypatch
+):
+    # httpx gives up on a silent link at its own read timeout (30 s), long before the model's 180 s.
+    monkeypatch.setattr(images, "DOWNLOAD_TIMEOUT", httpx.Timeout(0.2))
+    openai_env.behaviour.shape = "url"
+    openai_env.behaviour.file_delay = 10
+    await times_out_within(2, api, container)
+
+
 async def test_a_download_takes_no_longer_than_one_model_attempt(
     api: Api, openai_env: OpenAIServer, container, monkeypatch
 ):
