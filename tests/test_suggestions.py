@@ -133,6 +133,10 @@ def test_clean_takes_the_prompt_out_of_what_models_wrap_it_in():
     assert clean("*A bold* fox, *stars*") == "*A bold* fox, *stars*"
     assert clean("Title card: Starry Night, oil painting") == "Title card: Starry Night, oil painting"
     assert clean("Here is a lighthouse: dusk, oil painting") == "Here is a lighthouse: dusk, oil painting"
+    # A first line ending in a colon is a preamble only when a blank line sets it apart.
+    assert clean("A neon sign that reads:\nOpen all night, photo-realistic") == (
+        "A neon sign that reads:\nOpen all night, photo-realistic"
+    )
     assert clean("A heart \u2764\ufe0f") == "A heart \u2764\ufe0f"
 
 
