@@ -134,6 +134,20 @@ async def test_callers_that_all_gave_up_before_their_call_began_make_none():
     assert source.calls == ["page"]
 
 
+async def test_a_caller_that_asks_as_the_only_other_one_gives_up_gets_its_answer():
+    source = Source(seconds=0.1)
+    reads = shared(source)
+    first = asyncio.create_task(reads.get("page"))
+    await asyncio.sleep(0.01)  # a call under way: the next callers wait for a batch of their own
+    impatient = asyncio.create_task(reads.get("page"))
+    await asyncio.sleep(0.01)
+    impatient.cancel()  # that batch's one caller gives up, and in the same turn another asks
+    late = asyncio.create_task(reads.get("page"))
+    assert await first == ("page", 0)
+    assert await late == ("page", 0)
+    assert source.calls == ["page", "page"]
+
+
 async def test_a_caller_that_gives_up_in_the_turn_it_asked_makes_no_call():
     source = Source()
     reads = shared(source)
