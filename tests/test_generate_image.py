@@ -289,6 +289,35 @@ async def test_a_stored_picture_is_answered_with_the_early_link_when_storage_can
     assert picture.status_code == 200 and picture.content == draw(PROMPT)
 
 
+async def test_a_link_storage_is_slow_to_sign_again_waits_no_longer_than_the_deadline(
+    gallery: Gallery, container: ContainerClient
+):
+    # The picture is stored with a third of a second left of the request, and signing again would
+    # take longer (storage slow to hand out a delegation key): the answer comes in time, with the
+    # early link, not when the storage timeout runs out.
+    clock = [0.0]
+    signer = gallery.signer
+
+    class SlowSecondTime:
+        async def sign(self) -> sas.ReadSas:
+            await asyncio.sleep(5)
+            return await signer.sign()
+
+    class ModelThatTakesAllItsTime:
+        async def generate(self, prompt: str, size: str) -> GeneratedImage:
+            gallery.signer = SlowSecondTime()
+            clock[0] = 60 - 0.3  # the time left now: a third of a second
+            return await OfflineImages().generate(prompt, size)
+
+    started = time.monotonic()
+    request, deadline = ImageRequest(PROMPT, "1024x1024"), Deadline(60, clock=lambda: clock[0])
+    model, guards = ModelThatTakesAllItsTime(), clients.current().guards
+    created = await generate_image(request, model, gallery, guards, None, deadline)
+    assert time.monotonic() - started < 2
+    assert await blob_names(container) == [created.stored.name.blob]
+    assert (await fetch(created.to_json()["url"])).status_code == 200
+
+
 @pytest.mark.parametrize(
     ("body", "status", "code"),
     [
