@@ -141,6 +141,25 @@ IMAGE_ERRORS = {
             "code": None,
         },
     ),
+    "permission_denied": (  # Azure OpenAI: a token of an identity without the role to call the deployment
+        401,
+        {
+            "code": "PermissionDenied",
+            "message": "The principal `00000000-0000-0000-0000-000000000000` lacks the required data action "
+            "`Microsoft.CognitiveServices/accounts/OpenAI/deployments/images/action` to perform "
+            "`POST /openai/deployments/{deployment-id}/images/generations` operation.",
+        },
+    ),
+    "unverified_organization": (  # OpenAI: gpt-image models only for organizations that verified themselves
+        403,
+        {
+            "message": "Your organization must be verified to use the model `gpt-image-1`. Please go to: "
+            "https://platform.openai.com/settings/organization/general and click on Verify Organization.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        },
+    ),
     "bad_key": (
         401,
         {

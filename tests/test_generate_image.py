@@ -142,6 +142,30 @@ async def test_azure_openai_with_managed_identity(api: Api, azure_env: OpenAISer
     assert identities == {name: value if name == sent_as else None for name in identities}
 
 
+async def test_an_identity_without_its_role_on_azure_openai_is_told_which_role_it_needs(
+    api: Api, azure_env: OpenAIServer, monkeypatch
+):
+    # Signed in without a key, with a token of an identity that lacks the role: there is no
+    # API key setting to check.
+    monkeypatch.delenv("AZURE_OPENAI_API_KEY")
+    monkeypatch.setenv("IDENTITY_ENDPOINT", f"{azure_env.url}/msi/token")
+    monkeypatch.setenv("IDENTITY_HEADER", azure_env.identity_header)
+    azure_env.behaviour.error = "permission_denied"
+    for answer in (await api.generate({"prompt": PROMPT}), await api.suggest()):
+        assert (answer.status, answer.json()["code"]) == (502, "upstream_error")
+        assert "Cognitive Services OpenAI User" in answer.json()["error"], answer.json()
+
+
+async def test_a_model_the_account_may_not_use_is_a_refusal_of_our_credentials_not_a_blip(
+    api: Api, openai_env: OpenAIServer, container
+):
+    openai_env.behaviour.error = "unverified_organization"  # a 403: no retry mends it
+    answer = await api.generate({"prompt": PROMPT})
+    assert (answer.status, answer.json()["code"]) == (502, "upstream_error")
+    assert answer.json()["error"].startswith("The model service refused our credentials; check the API key setting")
+    assert len(openai_env.model_calls()) == 1 and await blob_names(container) == []
+
+
 async def test_offline_draws_the_same_picture_for_the_same_prompt(api: Api, offline_env):
     first = (await api.generate({"prompt": PROMPT})).json()
     second = (await api.generate({"prompt": PROMPT})).json()

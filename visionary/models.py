@@ -331,7 +331,10 @@ def _upstream(error: openai.APIStatusError, settings_hint: str) -> ApiError:
             "The model service account has run out of quota; its owner must check its plan and billing."
         )
     if error.status_code in (401, 403):
-        return ApiError.upstream_error("The model service refused our credentials; check the API key setting.")
+        return ApiError.upstream_error(
+            "The model service refused our credentials; check the API key setting, or without a key, "
+            "the app identity's Cognitive Services OpenAI User role."
+        )
     if error.status_code == 404:
         return ApiError.upstream_error("The model service does not know the configured model or deployment.")
     if error.status_code == 400:  # the request as the settings make it: trying again will not help
