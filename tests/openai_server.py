@@ -184,7 +184,7 @@ class Behaviour:
     # oversized (declared, over 28 MB), endless (chunked, with no end), cut_off (closed halfway),
     # stalled (silent after a quarter, longer than any test's timeout), or bad_gzip (marked gzip, and
     # not); a key of BROKEN_ERRORS (an error answer whose body breaks so), or
-    # endless_error (a 500 whose body never ends).
+    # a key of ENDLESS_ERRORS (an error whose body never ends).
     error: str | None = None
     delay: float = 0.0  # seconds before every model answer
     file_delay: float = 0.0  # seconds before a picture behind a URL answer is served
@@ -279,8 +279,8 @@ class OpenAIServer:
             return await self._broken_body(request, b.error)
         if b.error in BROKEN_ERRORS:
             return await _broken_error(request, b.error)
-        if b.error == "endless_error":
-            return await self._endless_error(request)
+        if b.error in ENDLESS_ERRORS:
+            return await self._endless_error(request, ENDLESS_ERRORS[b.error])
         if b.error == "bad_gzip":  # says gzip, is not
             return web.Response(body=b'{"data": []}', headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
         item: dict[str, str] = {}
@@ -346,9 +346,9 @@ class OpenAIServer:
         b = self.behaviour
         return {"retry-after": b.retry_after} | ({"retry-after-ms": b.retry_after_ms} if b.retry_after_ms else {})
 
-    async def _endless_error(self, request: web.Request) -> web.StreamResponse:
-        """A 500 whose error body (chunked) goes on for 64 MB, and then never ends."""
-        response = web.StreamResponse(status=500, headers={"content-type": "application/json"})
+    async def _endless_error(self, request: web.Request, status: int) -> web.StreamResponse:
+        """An error whose body (chunked) goes on for 64 MB, and then never ends."""
+        response = web.StreamResponse(status=status, headers={"content-type": "application/json"})
         await response.prepare(request)
         self.sent = 0
         try:
@@ -379,8 +379,8 @@ class OpenAIServer:
             return _error(status, error, self._retry_after(status))
         if b.error in BROKEN_ERRORS:
             return await _broken_error(request, b.error)
-        if b.error == "endless_error":
-            return await self._endless_error(request)
+        if b.error in ENDLESS_ERRORS:
+            return await self._endless_error(request, ENDLESS_ERRORS[b.error])
         return web.json_response(
             {
                 "id": f"chatcmpl-{next(self._ids)}",
@@ -442,6 +442,7 @@ def _json_bytes(answer: dict) -> bytes:
 
 
 # Error answers whose body breaks: cut off halfway through its declared length, or marked gzip and not.
+ENDLESS_ERRORS = {"endless_error": 500, "endless_error_400": 400}
 BROKEN_ERRORS = {"cut_off_400": 400, "cut_off_500": 500, "bad_gzip_400": 400, "bad_gzip_500": 500}
 
 

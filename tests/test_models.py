@@ -298,13 +298,14 @@ async def test_an_error_answer_whose_body_breaks_is_the_model_services_error_not
     assert await blob_names(container) == []
 
 
+@pytest.mark.parametrize("error", ["endless_error", "endless_error_400"])
 async def test_an_error_answer_without_end_is_refused_at_its_cap_not_read_whole(
-    api: Api, openai_env: OpenAIServer, monkeypatch, container
+    api: Api, openai_env: OpenAIServer, monkeypatch, container, error
 ):
     # The SDK reads an error's body whole: a compatible server's must not fill our memory either.
     monkeypatch.setenv("VISIONARY_MODEL_MAX_RETRIES", "0")
     buffers = 16 * 1024 * 1024  # what the two sockets may hold when the app hangs up
-    openai_env.behaviour.error = "endless_error"
+    openai_env.behaviour.error = error
     for answer in (await api.suggest(), await api.generate({"prompt": "A lighthouse"})):
         assert (answer.status, answer.json()["code"]) == (502, "upstream_error"), answer.body
         assert answer.json()["error"] == "The model service answered with an error too large to read."
