@@ -32,6 +32,7 @@ class _Loss:
     delay: float | None = None  # None: the answer is lost; else it comes this many seconds late
     meanwhile: Callable[[], Awaitable[object]] | None = None  # runs before a lost answer's 500
     dropped: bool = False  # the request never reaches Azurite
+    held: bool = False  # the request reaches Azurite `delay` seconds late
 
 
 class LossyStorage:
@@ -66,6 +67,11 @@ class LossyStorage:
     def drop(self, method: str, path: str, seconds: float, count: int = 1) -> None:
         """Keep the next `count` requests like these from Azurite, and answer each 500 `seconds` later."""
         self.losses.append(_Loss(method, re.compile(path), None, count, delay=seconds, dropped=True))
+
+    def hold(self, method: str, path: str, seconds: float, count: int = 1) -> None:
+        """Keep the next `count` requests like these on the way `seconds`: Azurite makes each then,
+        whether or not the app still waits for it."""
+        self.losses.append(_Loss(method, re.compile(path), None, count, delay=seconds, held=True))
 
     def delay_answer(
         self, method: str, path: str, seconds: float, conditional: bool | None = None, count: int = 1
@@ -106,6 +112,9 @@ class LossyStorage:
         body = await request.read()
         self.seen.append(f"{request.method} {request.path_qs}")
         loss = self._loss_for(request)
+        if loss is not None and loss.held:
+            await asyncio.sleep(loss.delay or 0)
+            loss = None
         if loss is not None and loss.dropped:
             await asyncio.sleep(loss.delay or 0)
             self.lost.append(f"{request.method} {request.path}")

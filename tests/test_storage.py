@@ -115,6 +115,28 @@ async def test_an_upload_whose_answer_was_lost_is_stored_once(
         assert await blob_names(service.get_container_client(container_name)) == [stored.name.blob]
 
 
+async def test_an_upload_that_reaches_storage_after_its_request_gave_up_is_removed(
+    lossy_storage: LossyStorage, azurite: Azurite, container_name: str, monkeypatch
+):
+    # Held on the way past the request's timeout (a 503) and past the clean-up's first look,
+    # which finds nothing yet: the picture of a failed request must still not stay.
+    monkeypatch.setenv("VISIONARY_STORAGE_TIMEOUT_SECONDS", "0.5")
+    gallery = Gallery.from_settings(Settings.from_env().require_storage())
+    try:
+        await gallery.ensure_container()
+        lossy_storage.hold("PUT", "/gallery/", 2.5)  # the clean-up looks 1 s after the failure, then 2 s later
+        with pytest.raises(TimeoutError):
+            await gallery.upload(png_bytes(), "image/png", "held on the way")
+        async with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
+            container = service.get_container_client(container_name)
+            await asyncio.sleep(2.3)
+            assert len(await blob_names(container)) == 1  # stored after its request failed
+            await asyncio.sleep(1.5)  # the clean-up's second look
+            assert await blob_names(container) == []
+    finally:
+        await gallery.close()
+
+
 async def test_a_model_name_in_any_script_is_listed_as_it_was_stored(gallery: Gallery):
     await gallery.upload(png_bytes(), "image/png", "a cat", None, "modèle-1")
     [listed] = (await gallery.page(1, None)).images
