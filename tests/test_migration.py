@@ -349,6 +349,27 @@ async def test_the_copy_is_named_and_typed_by_what_the_bytes_really_are(containe
     assert properties.content_settings.content_type == "image/jpeg"
 
 
+async def test_a_source_leased_by_another_tool_is_an_error_and_the_run_goes_on(container: ContainerClient):
+    # Storage refuses to delete a blob under a lease: that blob's outcome says so, the blobs after
+    # it still move, and the run is not ok (the command exits 1). A run after the lease ends resumes it.
+    await container.create_container()
+    leased, free = "leased_1700000000000.png", "free_1700000001000.png"
+    await container.upload_blob(leased, png_bytes(1))
+    await container.upload_blob(free, png_bytes(2))
+    lease = await container.get_blob_client(leased).acquire_lease()
+
+    report = await migrate(container)
+
+    assert outcomes(report) == {
+        leased: (Action.ERROR, "storage answered 412 LeaseIdMissing"),
+        free: (Action.MOVED, target_of(free)),
+    }
+    assert not report.ok
+    assert sorted(await blob_names(container)) == sorted([leased, target_of(leased), target_of(free)])
+    await lease.release()
+    assert outcomes(await migrate(container)) == {leased: (Action.RESUMED, target_of(leased))}
+
+
 async def test_a_blob_larger_than_any_picture_is_left_unread(container: ContainerClient):
     # PNG-shaped from end to end, but larger than generateImage ever stores (MAX_IMAGE_BYTES).
     oversized = png_bytes()[:16] + bytes(MAX_IMAGE_BYTES) + png_bytes()[-12:]
