@@ -292,6 +292,24 @@ async def test_a_give_back_whose_own_write_never_landed_is_tried_again(
         assert await day_count(azurite, container_name) == 2
 
 
+async def test_a_landed_give_back_whose_id_left_the_records_history_is_not_made_again(
+    lossy_storage: LossyStorage, azurite: Azurite, container_name: str
+):
+    # A's give-back lands, its answer after A gave up; then B writes more times than the record
+    # keeps ids of. A cannot tell that give-back landed: made again, a slot would be freed twice.
+    async with two_instances(azurite, container_name, 100) as (a, b):
+        with pytest.raises(ApiError):
+            async with a.slot():
+                lossy_storage.delay_answer("PUT", "/cost-guard/", 2.0, conditional=True)
+                raise ApiError.upstream_error()  # A's model failed: its slot goes back, unanswered
+        await asyncio.sleep(1.2)  # the late answer goes by
+        assert await day_count(azurite, container_name) == 0
+        for _ in range(guards.RECENT_WRITES):
+            assert await generation(b) == 201
+        assert await generation(a) == 201
+        assert await day_count(azurite, container_name) == guards.RECENT_WRITES + 1
+
+
 async def _record(into: list[int], status: Awaitable[int]) -> None:
     into.append(await status)
 
