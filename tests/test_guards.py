@@ -579,6 +579,7 @@ async def test_a_repeat_waits_for_a_running_first_request_only_within_its_deadli
 @pytest.mark.parametrize("edit", [
     pytest.param(lambda marker: {"state": "done"}, id="no-claim"),
     pytest.param(lambda marker: {**marker, "since": marker["since"][:19]}, id="since-without-time-zone"),
+    pytest.param(lambda marker: {**marker, "fingerprint": 42}, id="fingerprint-not-text"),
     pytest.param(lambda marker: {**marker, "answer": {**marker["answer"], "blob": "elsewhere.png"}}, id="no-gallery-blob"),
     pytest.param(lambda marker: {**marker, "answer": {**marker["answer"], "prompt": 42}}, id="prompt-not-text"),
     pytest.param(lambda marker: {**marker, "answer": ["not", "a", "record"]}, id="answer-not-a-record"),
@@ -597,6 +598,15 @@ async def test_a_marker_edited_by_hand_is_replaced_not_a_500(
     assert second.json()["blob"] != first.json()["blob"]  # the first answer was lost with its record
     third = await api.generate({"prompt": PROMPT}, headers=key)
     assert third.json()["blob"] == second.json()["blob"]  # the replaced marker works as before
+
+
+async def test_a_key_of_200_printable_characters_spaces_included_is_honoured(api: Api, keyed_env: OpenAIServer):
+    key = {"Idempotency-Key": "koi ~" * 40}  # the longest the README allows; a space is printable ASCII
+    first = await api.generate({"prompt": PROMPT}, headers=key)
+    again = await api.generate({"prompt": PROMPT}, headers=key)
+    assert (first.status, again.status) == (201, 201)
+    assert again.json()["blob"] == first.json()["blob"]
+    assert len(keyed_env.model_calls()) == 1
 
 
 @pytest.mark.parametrize("key", ["", "k" * 201, "line\nbreak", "caf\u00e9"])
@@ -643,6 +653,54 @@ async def test_a_claim_storage_made_after_its_request_gave_up_is_removed(
             assert await ledger.once("order-45", "prompt", work) == {"drawn": 1}  # not 409 in_progress
         finally:
             ledger.late_writes.cancel()
+
+
+async def test_the_clean_up_of_a_claim_that_never_reached_storage_leaves_the_next_owners_claim(
+    lossy_storage: LossyStorage, container_name: str
+):
+    # The first request's claim never reaches storage and it gives up (503); its clean-up looks
+    # for that claim for minutes. Meanwhile the retry claims the key: that claim is not the lost
+    # one, and removed mid-work it would lose the retry's answer, and a repeat draw again.
+    calls = []
+
+    async def work() -> dict:
+        calls.append(1)
+        await asyncio.sleep(1.5)  # still drawing when the clean-up first looks
+        return {"drawn": len(calls)}
+
+    async with open_service_client(Settings.from_env().require_storage()) as service:
+        ledger = IdempotencyLedger(service.get_container_client(container_name), timeout=0.5)
+        try:
+            lossy_storage.drop("PUT", "/idempotency/", 1.0)
+            with pytest.raises(TimeoutError):
+                await ledger.once("order-47", "prompt", work)
+            assert await ledger.once("order-47", "prompt", work) == {"drawn": 1}
+            assert await ledger.once("order-47", "prompt", work) == {"drawn": 1}
+        finally:
+            ledger.late_writes.cancel()
+    assert calls == [1]
+
+
+async def test_work_whose_done_record_storage_answers_too_late_still_answers(
+    lossy_storage: LossyStorage, container_name: str, caplog
+):
+    # The picture is drawn and stored; only the marker's "done" write answers past the timeout.
+    # The request answers with its picture (a 503 would make the client draw it again), and
+    # storage made the write, so a repeat gets the same answer.
+    calls = []
+
+    async def work() -> dict:
+        calls.append(1)
+        return {"drawn": len(calls)}
+
+    async with open_service_client(Settings.from_env().require_storage()) as service:
+        ledger = IdempotencyLedger(service.get_container_client(container_name), timeout=0.5)
+        lossy_storage.delay_answer("PUT", "/idempotency/", 1.0, conditional=True)  # the "done" write
+        assert await ledger.once("order-46", "prompt", work) == {"drawn": 1}
+        assert "idempotency marker not recorded as done" in caplog.text
+        await asyncio.sleep(0.7)  # the late answer goes by
+        assert await ledger.once("order-46", "prompt", work) == {"drawn": 1}
+    assert calls == [1]
 
 
 async def overtaken(container: ContainerClient, ending: Callable[[], Awaitable[dict]]) -> dict:
