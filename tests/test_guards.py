@@ -277,6 +277,32 @@ async def test_a_landed_write_under_another_instances_write_is_still_given_back(
         assert await day_count(azurite, container_name) == 3  # held: A's two and B's one
 
 
+async def test_a_landed_write_is_given_back_by_the_next_write_only(
+    lossy_storage: LossyStorage, azurite: Azurite, container_name: str
+):
+    # A's next write gives back the two takes whose requests heard 503; the writes after it
+    # must not give them back again (each would free two slots no picture gave up).
+    async with open_service_client(Settings.from_env().require_storage()) as service:
+        a = DailyCap(service.get_container_client(container_name), 100, timeout=1)
+        await one_held_and_two_landed_unanswered(a, lossy_storage)
+        assert await generation(a) == 201
+        assert await day_count(azurite, container_name) == 2
+        assert await generation(a) == 201
+        assert await day_count(azurite, container_name) == 3
+
+
+async def test_a_landed_write_under_30_writes_of_another_instance_is_still_given_back(
+    lossy_storage: LossyStorage, azurite: Azurite, container_name: str
+):
+    # The record keeps the ids of its last 32 writes (the README's promise): A's two, B's thirty.
+    async with two_instances(azurite, container_name, 100) as (a, b):
+        await one_held_and_two_landed_unanswered(a, lossy_storage)
+        for _ in range(30):
+            assert await generation(b) == 201
+        assert await generation(a) == 201
+        assert await day_count(azurite, container_name) == 32  # held: A's two and B's thirty
+
+
 async def test_a_give_back_whose_own_write_never_landed_is_tried_again(
     lossy_storage: LossyStorage, azurite: Azurite, container_name: str
 ):
