@@ -137,6 +137,59 @@ async def test_an_upload_that_reaches_storage_after_its_request_gave_up_is_remov
         await gallery.close()
 
 
+async def test_a_late_upload_at_the_name_after_a_clash_is_the_one_removed(
+    lossy_storage: LossyStorage, azurite: Azurite, container_name: str, monkeypatch
+):
+    # Another picture holds the millisecond, so the upload moves on 1 ms, and that write is held
+    # past the request's timeout: the clean-up looks for the name it last tried, not the first.
+    monkeypatch.setenv("VISIONARY_STORAGE_TIMEOUT_SECONDS", "0.5")
+    gallery = Gallery.from_settings(Settings.from_env().require_storage())
+    gallery.clock = lambda: NOW
+    first = naming.name_for("same prompt", NOW)
+    try:
+        await gallery.ensure_container()
+        await gallery.upload(png_bytes(1), "image/png", "same prompt")  # the other picture, at `first`
+        lossy_storage.hold("PUT", f"/gallery/{first.later(1).blob.split('/')[1][:13]}_", 2.5)
+        with pytest.raises(TimeoutError):
+            await gallery.upload(png_bytes(2), "image/png", "same prompt")
+        async with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
+            container = service.get_container_client(container_name)
+            await asyncio.sleep(2.3)
+            assert await blob_names(container) == sorted([first.blob, first.later(1).blob])
+            await asyncio.sleep(1.5)  # the clean-up's second look
+            assert await blob_names(container) == [first.blob]
+    finally:
+        await gallery.close()
+
+
+async def test_after_a_failed_upload_storage_is_asked_once_and_not_again_once_uploads_succeed(
+    lossy_storage: LossyStorage, monkeypatch
+):
+    # check_after_failure runs before each model call: after a failure it asks storage; while
+    # uploads succeed it costs nothing (the README: "this asks storage nothing").
+    def container_reads() -> int:
+        return sum(seen.startswith("GET ") and "restype=container" in seen for seen in lossy_storage.seen)
+
+    monkeypatch.setenv("VISIONARY_STORAGE_TIMEOUT_SECONDS", "0.5")
+    gallery = Gallery.from_settings(Settings.from_env().require_storage())
+    try:
+        await gallery.ensure_container()
+        lossy_storage.drop("PUT", "/gallery/", 1.0)
+        with pytest.raises(TimeoutError):
+            await gallery.upload(png_bytes(1), "image/png", "lost")
+        await gallery.check_after_failure()
+        assert container_reads() == 1  # storage answers: the model may be paid
+        lossy_storage.drop("PUT", "/gallery/", 1.0)
+        with pytest.raises(TimeoutError):
+            await gallery.upload(png_bytes(2), "image/png", "lost again")
+        await gallery.upload(png_bytes(3), "image/png", "stored")  # another request's, meanwhile
+        await gallery.check_after_failure()
+        await gallery.check_after_failure()
+        assert container_reads() == 1  # uploads succeed again: nothing to ask
+    finally:
+        await gallery.close()
+
+
 async def test_a_model_name_in_any_script_is_listed_as_it_was_stored(gallery: Gallery):
     await gallery.upload(png_bytes(), "image/png", "a cat", None, "modèle-1")
     [listed] = (await gallery.page(1, None)).images
