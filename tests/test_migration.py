@@ -10,16 +10,18 @@ from urllib.parse import unquote
 
 import pytest
 from azure.core.exceptions import ResourceModifiedError
-from azure.storage.blob.aio import ContainerClient
+from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 from PIL import Image
 
 from tests.azurite import KEY, ROOT, Azurite
 from tests.conftest import ROOT_ENV, blob_names, png_bytes
+from tests.lossy_storage import LossyStorage
 from tests.served import NO_LOCAL_SETTINGS
 from visionary import naming
 from visionary.images import MAX_IMAGE_BYTES
+from visionary.settings import Settings
 from visionary.migration import Action, Outcome, Report, _delete_source, describe, migrate
-from visionary.storage import MAX_CLASH_RETRIES, Gallery, encode_metadata
+from visionary.storage import MAX_CLASH_RETRIES, Gallery, encode_metadata, open_service_client
 
 # What the Node version left: {raw prompt}_{epoch ms}.png (a "/" in the prompt made a folder)
 LIGHTHOUSE, FOX = "A lighthouse at dusk, oil painting", "Ein Fuchs 🦊 im Schnee, 東京"
@@ -347,6 +349,30 @@ async def test_the_copy_is_named_and_typed_by_what_the_bytes_really_are(containe
     assert outcomes(report) == {"a jpeg all along_1700000004000.png": (Action.MOVED, target)}
     properties = await container.get_blob_client(target).get_blob_properties()
     assert properties.content_settings.content_type == "image/jpeg"
+
+
+async def test_a_name_taken_while_the_copy_was_on_its_way_sends_the_copy_a_millisecond_on(
+    lossy_storage: LossyStorage, azurite: Azurite, container_name: str
+):
+    # The target name was free when read, but another picture took it before the copy arrived
+    # (create-only, so the copy fails): that is not this picture's copy, and the source must not
+    # be deleted as if it were. The copy goes to the next millisecond, as on any clash.
+    source = "cat_1700000000000.png"
+    target = scheme_name(source)
+    async with BlobServiceClient.from_connection_string(azurite.connection_string) as direct, \
+            open_service_client(Settings.from_env().require_storage()) as through_proxy:
+        container = direct.get_container_client(container_name)
+        await container.create_container()
+        await container.upload_blob(source, png_bytes(1))
+        lossy_storage.hold("PUT", "/gallery/", 1.0, count=1)
+        run = asyncio.create_task(migrate(through_proxy.get_container_client(container_name)))
+        await asyncio.sleep(0.5)
+        await container.upload_blob(target.blob, png_bytes(2))  # another picture, meanwhile
+        report = await run
+        assert outcomes(report) == {source: (Action.MOVED, target.later(1).blob)}
+        assert await read(container, target.blob) == png_bytes(2)
+        assert await read(container, target.later(1).blob) == png_bytes(1)
+        assert await blob_names(container) == sorted([target.blob, target.later(1).blob])
 
 
 async def test_a_source_leased_by_another_tool_is_an_error_and_the_run_goes_on(container: ContainerClient):
