@@ -129,9 +129,9 @@ async def test_an_upload_that_reaches_storage_after_its_request_gave_up_is_remov
             await gallery.upload(png_bytes(), "image/png", "held on the way")
         async with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
             container = service.get_container_client(container_name)
-            await asyncio.sleep(2.3)
+            await asyncio.sleep(2.6)  # landed 2 s after the failure, before the look at 3 s
             assert len(await blob_names(container)) == 1  # stored after its request failed
-            await asyncio.sleep(1.5)  # the clean-up's second look
+            await asyncio.sleep(1.4)  # the clean-up's second look, 3 s after the failure
             assert await blob_names(container) == []
     finally:
         await gallery.close()
@@ -154,9 +154,9 @@ async def test_a_late_upload_at_the_name_after_a_clash_is_the_one_removed(
             await gallery.upload(png_bytes(2), "image/png", "same prompt")
         async with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
             container = service.get_container_client(container_name)
-            await asyncio.sleep(2.3)
+            await asyncio.sleep(2.6)  # landed 2 s after the failure, before the look at 3 s
             assert await blob_names(container) == sorted([first.blob, first.later(1).blob])
-            await asyncio.sleep(1.5)  # the clean-up's second look
+            await asyncio.sleep(1.4)  # the clean-up's second look, 3 s after the failure
             assert await blob_names(container) == [first.blob]
     finally:
         await gallery.close()
