@@ -1,4 +1,5 @@
 import base64
+import json
 
 import pytest
 
@@ -23,7 +24,7 @@ def test_a_cursor_at_the_longest_blob_name_fits():
     assert decode_cursor(cursor) == longest
 
 
-@pytest.mark.parametrize("token", ["gallery/x\x01y.png", "gallery/\ufdd0.png", "gallery/\uffff.png"])
+@pytest.mark.parametrize("token", ["gallery/x\x01y.png", "gallery/\ufdd0.png", "gallery/\uffff.png", "gallery/\U0001fffe.png"])
 def test_a_token_no_listing_can_hold_is_refused_though_its_check_matches(token: str):
     # List Blobs answers in XML, which cannot carry \x01; Azurite answers such a marker 500.
     with pytest.raises(ApiError):
@@ -36,3 +37,23 @@ def test_a_token_of_ours_that_no_listing_makes_is_refused(token: str):
     # would be read and sent on whole, however long a client makes it.
     with pytest.raises(ApiError):
         decode_cursor(encode_cursor(token))
+
+
+def _cursor(payload: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+
+
+def test_a_cursor_made_up_or_from_another_version_is_refused():
+    token = "gallery/8299999999999_a cat_1700000000000.png"
+    made_up = {"v": 1, "token": token, "check": "0" * 16}
+    next_version = {"v": 2, "token": token, "check": json.loads(base64.urlsafe_b64decode(encode_cursor(token) + "=="))["check"]}
+    for payload in (made_up, next_version):
+        with pytest.raises(ApiError):
+            decode_cursor(_cursor(payload))
+
+
+def test_a_mangled_cursor_is_refused_not_read_around():
+    cursor = encode_cursor("gallery/8299999999999_a cat_1700000000000.png")
+    for mangled in (cursor[:8] + "." + cursor[8:], cursor[:8] + " " + cursor[8:], cursor.replace("-", "+").replace("_", "/") + "!"):
+        with pytest.raises(ApiError):
+            decode_cursor(mangled)
