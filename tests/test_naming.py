@@ -2,6 +2,7 @@ import string
 import unicodedata
 from urllib.parse import quote
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -103,3 +104,21 @@ def test_a_timestamp_is_ascii_digits_as_node_and_the_scheme_wrote_them():
     assert naming.parse_node_name("arabic digits_١٦٩٠٠٠٠٠٠٠٠٠١.png") is None
     assert naming.parse_node_name("fullwidth_１２３.png") is None
     assert naming.parse_gallery_name("gallery/٨٢٣٦٢٨٧٩٩٩٨٧٦_a cat_١٧٦٣٧١٢٠٠٠١٢٣.png") is None
+
+
+def test_a_title_cut_at_a_space_ends_at_a_word():
+    # Cut at 120 characters right after a word, the title would end in a space: " _1700000000000.png".
+    assert naming.title_from_prompt("a" * 119 + " and more") == "a" * 119
+
+
+def test_node_names_in_capitals_or_with_line_breaks_are_read():
+    # The Node version stored the raw prompt: an extension in capitals, a prompt over several lines.
+    assert naming.parse_node_name("A CAT_1700000000000.PNG") == naming.NodeName("A CAT", 1_700_000_000_000)
+    assert naming.parse_node_name("a cat\non a mat_1700000000000.jpeg") == naming.NodeName("a cat\non a mat", 1_700_000_000_000)
+
+
+def test_a_timestamp_outside_the_scheme_makes_no_name():
+    # One past MAX_TS would write a negative inverse, "-000000000001", and list first forever.
+    for ts in (-1, MAX_TS + 1):
+        with pytest.raises(ValueError):
+            naming.name_for("a cat", ts)
