@@ -7,6 +7,7 @@ from azure.storage.blob.aio import ContainerClient
 
 from tests.conftest import Api, png_bytes
 from visionary import sas
+from visionary.errors import ApiError
 from visionary.sas import AccountKeySigner, SasPolicy
 
 
@@ -95,3 +96,27 @@ async def test_a_cdn_base_replaces_the_container_url(api: Api, monkeypatch, stor
     monkeypatch.setenv("VISIONARY_PUBLIC_BASE_URL", "https://cdn.example.net/images/")
     answer = (await api.call("sasToken")).json()
     assert answer["containerUrl"] == "https://cdn.example.net/images"
+
+
+def test_a_short_ttl_hands_out_links_in_steps_of_a_sixth_of_it():
+    # Six minutes: one-minute steps, so a link lives six minutes at least and seven at most.
+    policy = SasPolicy("acct", "images", "https://acct.blob.core.windows.net/images", ttl=timedelta(minutes=6))
+    start, expiry = policy.window(NOON + timedelta(seconds=30))
+    assert start == NOON - timedelta(minutes=5)
+    assert expiry == NOON + timedelta(minutes=1 + 6)
+
+
+async def test_expiry_is_written_in_utc_with_a_z(api: Api, monkeypatch, storage_env):
+    monkeypatch.setattr(sas, "_utc_now", lambda: NOON)
+    assert (await api.call("sasToken")).json()["expiresOn"] == "2026-11-21T12:35:00Z"
+
+
+# A passphrase where the key belongs (read loosely, it decodes, and every link would be refused),
+# and a key pasted with a zero-width space.
+@pytest.mark.parametrize("key", ["my secret", "c2VjcmV0\u200b"])
+def test_an_account_key_that_is_not_base64_is_named_without_being_shown(key: str):
+    policy = SasPolicy("acct", "images", "https://acct.blob.core.windows.net/images", ttl=timedelta(minutes=30))
+    with pytest.raises(ApiError) as refused:
+        AccountKeySigner(policy, key)
+    assert refused.value.code == "not_configured" and "accountKey" in refused.value.message
+    assert key not in refused.value.message
