@@ -89,6 +89,12 @@ def test_a_number_too_long_for_int_is_named_not_a_500():
         ({"AzureWebJobsStorage__accountName": "Host_Acct"}, "AzureWebJobsStorage__accountName must be"),
         ({"VISIONARY_STORAGE_ACCOUNT_URL": "https://"}, "VISIONARY_STORAGE_ACCOUNT_URL must be an https:// URL"),
         ({"AzureWebJobsStorage__blobServiceUri": "https://[::1"}, "AzureWebJobsStorage__blobServiceUri must be"),
+        ({"accountName": "ab", "accountKey": "a2V5"}, "accountName must be a storage account's name"),  # 3 to 24
+        ({"accountName": "a" * 25, "accountKey": "a2V5"}, "accountName must be a storage account's name"),
+        # A SAS pasted with the account's URL would ride along in every link the app hands out.
+        ({"VISIONARY_STORAGE_ACCOUNT_URL": "https://acct.blob.core.windows.net/?sv=2025-11-05&sig=SECRET"},
+         "VISIONARY_STORAGE_ACCOUNT_URL must be the account's URL alone"),
+        ({"AzureWebJobsStorage": AZURITE, "VISIONARY_CONTAINER": "my--images"}, "VISIONARY_CONTAINER must be 3 to 63"),
     ],
 )
 def test_storage_settings_that_cannot_reach_the_intended_account_are_named(env: dict[str, str], named: str):
@@ -98,6 +104,17 @@ def test_storage_settings_that_cannot_reach_the_intended_account_are_named(env: 
     with pytest.raises(ApiError) as refused:
         Settings.from_env(env).require_storage()
     assert refused.value.code == "not_configured"
+
+
+def test_an_account_url_in_capitals_is_read_as_the_account_it_names():
+    # Storage reads the account's name off the host as written: "MyAcct" is no account's.
+    url = {"VISIONARY_STORAGE_ACCOUNT_URL": "HTTPS://MyAcct.Blob.Core.Windows.Net/"}
+    assert storage(url).account_url == "https://myacct.blob.core.windows.net"
+
+
+def test_the_provider_is_named_in_any_case():
+    assert Settings.from_env({"VISIONARY_PROVIDER": "Azure", "AZURE_OPENAI_ENDPOINT": "https://res.openai.azure.com"}).models.provider == "azure"
+    assert problems({"VISIONARY_PROVIDER": " OpenAI ", "OPENAI_API_KEY": "sk"}) == []
 
 
 def test_decimal_settings_take_fractions():
@@ -120,6 +137,8 @@ def test_image_sizes_are_sizes_the_model_knows_how_to_read():
     assert Settings.from_env({"VISIONARY_IMAGE_SIZES": "auto, 1024x1024"}).models.image_sizes == ("auto", "1024x1024")
     [problem] = problems({"VISIONARY_IMAGE_SIZES": "foo,1024x1024,1024X1024"})
     assert problem == "VISIONARY_IMAGE_SIZES must list sizes like 1024x1024 (or auto), not foo, 1024X1024."
+    [problem] = problems({"VISIONARY_IMAGE_SIZES": "0x1024, 01024x1024, 1024x1024x"})  # no model draws these
+    assert problem.endswith("not 0x1024, 01024x1024, 1024x1024x.")
 
 
 def test_unmet_names_everything_that_stops_an_endpoint():
