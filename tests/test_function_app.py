@@ -22,7 +22,7 @@ def test_four_http_triggers_with_their_routes_and_methods():
 
 @pytest.mark.parametrize(
     ("setting", "level"),
-    [(None, "ANONYMOUS"), ("anonymous", "ANONYMOUS"), ("function", "FUNCTION"), (" Function ", "FUNCTION"),
+    [(None, "ANONYMOUS"), ("anonymous", "ANONYMOUS"), ("Anonymous", "ANONYMOUS"), ("function", "FUNCTION"), (" Function ", "FUNCTION"),
      ("anonymus", "FUNCTION"), ("admin", "FUNCTION")],
 )
 def test_the_auth_level_the_host_sees(setting: str | None, level: str):
