@@ -159,6 +159,7 @@ async def test_cors_star_answers_preflight_and_requests(http: httpx.AsyncClient,
     assert preflight.headers["access-control-allow-origin"] == "*"
     assert "POST" in preflight.headers["access-control-allow-methods"]
     assert preflight.headers["access-control-allow-headers"] == "content-type"
+    assert preflight.headers["access-control-max-age"] == "600"  # not a preflight before every call
     answer = await http.get("/api/getImages", headers={"Origin": "https://gallery.example"})
     assert answer.headers["access-control-allow-origin"] == "*"
 
@@ -275,6 +276,14 @@ def test_host_json_and_local_settings_are_read(tmp_path, monkeypatch):
     environ = {"VISIONARY_PAGE_SIZE": "9"}
     config.apply_values(environ)
     assert environ == {"VISIONARY_PAGE_SIZE": "9", "VISIONARY_CONTAINER": "from-file"}  # the environment wins
+
+
+def test_a_settings_file_saved_with_a_byte_order_mark_and_a_padded_port_is_read(tmp_path):
+    # As Notepad and Visual Studio save it on Windows; the Functions host reads both.
+    text = json.dumps({"Values": {"VISIONARY_PAGE_SIZE": "7"}, "Host": {"LocalHttpPort": " 7080 "}})
+    (tmp_path / "local.settings.json").write_bytes("\ufeff".encode() + text.encode())
+    config = HostConfig.load(tmp_path)
+    assert (config.port, config.values) == (7080, {"VISIONARY_PAGE_SIZE": "7"})
 
 
 def test_the_settings_file_can_name_the_port_and_be_another_file(tmp_path, azurite: Azurite):
