@@ -240,7 +240,11 @@ async def test_the_page_and_the_api_description_are_served(http: httpx.AsyncClie
     page = await http.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "VisionaryAI" in page.text
-    assert (await http.get("/app.js")).headers["content-type"].startswith("text/javascript")
+    assert (await http.get("/app.js")).headers["content-type"] == "text/javascript; charset=utf-8"
+    # An edited page or script is fetched again, not taken from the browser's cache.
+    assert page.headers["cache-control"] == "no-cache"
+    posted = await http.post("/")  # the files are read, never written to
+    assert posted.status_code == 404 and posted.json()["code"] == "not_found"
     spec = await http.get("/openapi.yaml")
     assert spec.status_code == 200 and "openapi: 3.1" in spec.text
 
