@@ -450,6 +450,21 @@ async def test_the_development_stack_stores_where_the_settings_file_says(tmp_pat
     assert container_url.startswith(f"http://127.0.0.1:{azurite.port}/")  # not the stack's own Azurite
 
 
+def test_the_development_stack_with_azurites_port_taken_says_to_serve_alone(tmp_path):
+    # An Azurite already running (from VS Code, say): a second one could not listen, silently.
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        azurite_port = holder.getsockname()[1]
+        command = development_stack(free_port(), azurite_port, tmp_path / "data")
+        ran = subprocess.run(command, cwd=ROOT, env=ROOT_ENV, capture_output=True, text=True, timeout=30)
+    assert ran.returncode == 1
+    assert ran.stderr.strip().splitlines() == [
+        f"Port {azurite_port}, Azurite's, is already in use. If an Azurite is running there, serve the app "
+        "alone against it: .venv/bin/python -m visionary serve"
+    ]
+
+
 def test_the_development_stack_without_azurite_installed_says_so(tmp_path):
     # python -m visionary run in a project where npm ci (or make run) has not run yet.
     for part in ("visionary", "function_app.py", "host.json"):
