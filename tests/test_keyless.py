@@ -12,6 +12,7 @@ import os
 import signal
 import ssl
 import uuid
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import parse_qs
@@ -64,6 +65,24 @@ def keyless_app(oauth_azurite: Azurite, tls, model_server: OpenAIServer):
     yield app
     output = app.stop()
     assert "AccountKey" not in output
+
+
+@pytest.fixture
+async def identity_storage(
+    oauth_azurite: Azurite, tls, model_server: OpenAIServer, monkeypatch
+) -> AsyncIterator[BlobServiceClient]:
+    """Storage as the app's managed identity reaches it: tokens from the loopback identity endpoint."""
+    monkeypatch.setenv("IDENTITY_ENDPOINT", f"{model_server.url}/msi/token")
+    monkeypatch.setenv("IDENTITY_HEADER", model_server.identity_header)
+    credential = ManagedIdentityCredential()
+    service = BlobServiceClient(oauth_azurite.blob_endpoint, credential, connection_verify=str(tls[0]))
+    async with credential, service:
+        yield service
+
+
+def gallery_links(azurite: Azurite) -> SasPolicy:
+    """The gallery's read links, thirty minutes long."""
+    return SasPolicy(ACCOUNT, "images", f"{azurite.blob_endpoint}/images", ttl=timedelta(minutes=30))
 
 
 def delegation_key_requests(azurite: Azurite) -> int:
@@ -134,67 +153,54 @@ async def test_a_user_assigned_identity_named_for_the_host_signs_the_app_in(
 
 
 async def test_a_key_refresh_that_fails_is_tried_again_not_papered_over(
-    oauth_azurite: Azurite, tls, model_server: OpenAIServer, monkeypatch
+    oauth_azurite: Azurite, identity_storage: BlobServiceClient
 ):
-    monkeypatch.setenv("IDENTITY_ENDPOINT", f"{model_server.url}/msi/token")
-    monkeypatch.setenv("IDENTITY_HEADER", model_server.identity_header)
     now = datetime.now(timezone.utc)
-    policy = SasPolicy(ACCOUNT, "images", f"{oauth_azurite.blob_endpoint}/images", ttl=timedelta(minutes=30))
-    credential = ManagedIdentityCredential()
-    service = BlobServiceClient(oauth_azurite.blob_endpoint, credential, connection_verify=str(tls[0]))
-    async with credential, service:
-        signer = UserDelegationSigner(policy, service, clock=lambda: now)
-        await signer.sign()
-        now += timedelta(hours=2)  # the first key has expired
-        os.kill(oauth_azurite.process.pid, signal.SIGSTOP)  # and storage does not answer the refresh
-        try:
-            with pytest.raises(TimeoutError):
-                async with asyncio.timeout(1):
-                    await signer.sign()
-        finally:
-            os.kill(oauth_azurite.process.pid, signal.SIGCONT)
-        link = parse_qs((await signer.sign()).token)
-    assert link["ske"][0] >= link["se"][0]  # signed with a key that outlives the link
+    signer = UserDelegationSigner(gallery_links(oauth_azurite), identity_storage, clock=lambda: now)
+    await signer.sign()
+    now += timedelta(hours=2)  # the first key has expired
+    os.kill(oauth_azurite.process.pid, signal.SIGSTOP)  # and storage does not answer the refresh
+    try:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(1):
+                await signer.sign()
+    finally:
+        os.kill(oauth_azurite.process.pid, signal.SIGCONT)
+    link = await signed_link(signer)
+    assert link["ske"] >= link["se"]  # signed with a key that outlives the link
 
 
 async def test_a_delegation_key_lives_from_the_start_of_the_links_it_signs(
-    oauth_azurite: Azurite, tls, model_server: OpenAIServer, monkeypatch
+    oauth_azurite: Azurite, identity_storage: BlobServiceClient
 ):
     # Late in a five-minute step, the step's links start up to ten minutes back (the step's
     # start, less the clock skew allowance); a key from "now less five minutes" began after them.
-    monkeypatch.setenv("IDENTITY_ENDPOINT", f"{model_server.url}/msi/token")
-    monkeypatch.setenv("IDENTITY_HEADER", model_server.identity_header)
-    policy = SasPolicy(ACCOUNT, "images", f"{oauth_azurite.blob_endpoint}/images", ttl=timedelta(minutes=30))
+    policy = gallery_links(oauth_azurite)
     link_start, _ = policy.window(datetime.now(timezone.utc))
     late_in_the_step = link_start + CLOCK_SKEW + policy.step - timedelta(seconds=20)
-    credential = ManagedIdentityCredential()
-    service = BlobServiceClient(oauth_azurite.blob_endpoint, credential, connection_verify=str(tls[0]))
-    async with credential, service:
-        signer = UserDelegationSigner(policy, service, clock=lambda: late_in_the_step)
-        link = {name: values[0] for name, values in parse_qs((await signer.sign()).token).items()}
+    link = await signed_link(UserDelegationSigner(policy, identity_storage, clock=lambda: late_in_the_step))
     key_life = _utc(link["skt"]), _utc(link["ske"])
     assert key_life[0] <= _utc(link["st"]) < _utc(link["se"]) <= key_life[1]
 
 
 async def test_a_delegation_key_is_reused_only_for_links_that_end_before_it(
-    oauth_azurite: Azurite, tls, model_server: OpenAIServer, monkeypatch
+    oauth_azurite: Azurite, identity_storage: BlobServiceClient
 ):
     # Azure refuses a link once the key that signed it has expired, whatever the link's own
     # expiry says: a key reused until just before its end would sign links that die early.
-    monkeypatch.setenv("IDENTITY_ENDPOINT", f"{model_server.url}/msi/token")
-    monkeypatch.setenv("IDENTITY_HEADER", model_server.identity_header)
     now = datetime.now(timezone.utc)
-    policy = SasPolicy(ACCOUNT, "images", f"{oauth_azurite.blob_endpoint}/images", ttl=timedelta(minutes=30))
-    credential = ManagedIdentityCredential()
-    service = BlobServiceClient(oauth_azurite.blob_endpoint, credential, connection_verify=str(tls[0]))
+    signer = UserDelegationSigner(gallery_links(oauth_azurite), identity_storage, clock=lambda: now)
     links = []
-    async with credential, service:
-        signer = UserDelegationSigner(policy, service, clock=lambda: now)
-        for _ in range(24):  # a link every five minutes for two hours
-            links.append({name: values[0] for name, values in parse_qs((await signer.sign()).token).items()})
-            now += timedelta(minutes=5)
+    for _ in range(24):  # a link every five minutes for two hours
+        links.append(await signed_link(signer))
+        now += timedelta(minutes=5)
     assert all(_utc(link["skt"]) <= _utc(link["st"]) < _utc(link["se"]) <= _utc(link["ske"]) for link in links)
     assert len({link["ske"] for link in links}) <= 3  # and a key still serves many links
+
+
+async def signed_link(signer: UserDelegationSigner) -> dict[str, str]:
+    """A fresh link's SAS fields: its window (st, se) and its key's (skt, ske)."""
+    return {name: values[0] for name, values in parse_qs((await signer.sign()).token).items()}
 
 
 def _utc(stamp: str) -> datetime:
