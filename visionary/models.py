@@ -372,20 +372,28 @@ def retry_after(headers: Mapping[str, str], now: datetime | None = None) -> int:
     Read as the SDK reads them (a `retry-after-ms` that is no number gives way to `retry-after`),
     since the SDK waits out what it reads.
     """
-    seconds: float | None = None
-    try:
-        seconds = float(headers.get("retry-after-ms", "")) / 1000
-    except ValueError:
-        pass
-    if seconds is None and (value := headers.get("retry-after")):
-        try:
-            seconds = float(value)
-        except ValueError:
-            try:
-                when = parsedate_to_datetime(value)
-                seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
-            except (ValueError, TypeError):  # neither a number nor a date (or a date without a zone)
-                seconds = None
+    if (ms := _number(headers.get("retry-after-ms"))) is not None:
+        seconds: float | None = ms / 1000
+    elif value := headers.get("retry-after"):
+        seconds = _number(value)
+        if seconds is None:
+            seconds = _seconds_until(value, now or datetime.now(timezone.utc))
+    else:
+        seconds = None
     if seconds is None or not math.isfinite(seconds):
         return DEFAULT_RETRY_AFTER_SECONDS
     return min(max(1, math.ceil(seconds)), MAX_RETRY_AFTER_SECONDS)
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None
+
+
+def _seconds_until(http_date: str, now: datetime) -> float | None:
+    try:
+        return (parsedate_to_datetime(http_date) - now).total_seconds()
+    except (ValueError, TypeError):  # not a date (or a date without a zone)
+        return None
