@@ -27,3 +27,18 @@ async def test_a_fault_of_ours_is_a_500_without_detail_and_is_logged_with_its_tr
         for line in (record.getMessage() for record in caplog.records)
     )
     assert await blob_names(container) == []
+
+
+async def test_no_answer_may_be_kept_by_a_cache_in_front_of_the_app(api: Api, offline_env, container):
+    # A CDN or proxy that kept a page would hand out SAS links after they expire, and the
+    # same suggestion to everyone; Front Door keeps an answer without Cache-Control for days.
+    created = await api.generate({"prompt": "A lighthouse at dusk"})
+    answers = [
+        created,
+        await api.get_images("limit=1"),
+        await api.suggest(),
+        await api.call("sasToken"),
+        await api.get_images("limit=0"),  # an error answer too
+    ]
+    assert [answer.status for answer in answers] == [201, 200, 200, 200, 400]
+    assert all(answer.headers["Cache-Control"] == "no-store" for answer in answers)

@@ -33,6 +33,9 @@ for _chatty in ("azure.core.pipeline.policies.http_logging_policy", "openai", "h
     logging.getLogger(_chatty).setLevel(logging.WARNING)
 
 JSON = "application/json"
+# Every answer is for this request alone: pages and tokens carry SAS links that expire, and a
+# suggestion is new each time. A cache in front of the app (a CDN, a proxy) must keep none.
+NOT_STORED = {"Cache-Control": "no-store"}
 Handler = Callable[[func.HttpRequest], Awaitable[func.HttpResponse]]
 MAX_LOGGED_PROMPT = 80
 
@@ -101,14 +104,14 @@ def json_response(body: object, status: int = 200, headers: Mapping[str, str] | 
     return func.HttpResponse(
         json.dumps(body, ensure_ascii=False),
         status_code=status,
-        headers=dict(headers or {}),
+        headers={**NOT_STORED, **(headers or {})},
         mimetype=JSON,
         charset="utf-8",
     )
 
 
 def text_response(text: str) -> func.HttpResponse:
-    return func.HttpResponse(text, mimetype="text/plain", charset="utf-8")
+    return func.HttpResponse(text, headers=NOT_STORED, mimetype="text/plain", charset="utf-8")
 
 
 def error_response(error: ApiError) -> func.HttpResponse:
