@@ -177,7 +177,10 @@ IMAGE_ERRORS = {
 class Behaviour:
     """How the server answers; tests change it before making requests."""
 
-    shape: str = "b64_json"  # or "url", or "redirect" (a URL that answers 302 to the file)
+    # or "url", "redirect" (a URL that answers 302 to the file), or "data_url": the picture inline as
+    # a data: URL, as OpenedAI Images (an OpenAI-compatible front for Stable Diffusion and FLUX)
+    # answers when no response_format is asked for
+    shape: str = "b64_json"
     image: bytes = b""
     revised_prompt: str | None = None
     # A key of IMAGE_ERRORS, or: slow, malformed_json, truncated_b64, html_url; or a 200 whose body is
@@ -286,6 +289,8 @@ class OpenAIServer:
         item: dict[str, str] = {}
         if b.link is not None:
             item["url"] = b.link
+        elif b.shape == "data_url":
+            item["url"] = "data:image/png;base64," + self._base64(b.image).decode()
         elif b.shape in ("url", "redirect") or b.error == "html_url":
             name = "page.html" if b.error == "html_url" else f"{next(self._ids)}.png"
             item["url"] = f"{self.url}/{'moved' if b.shape == 'redirect' else 'files'}/{name}"

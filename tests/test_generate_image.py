@@ -1,4 +1,6 @@
 import asyncio
+import base64
+import json
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -66,6 +68,24 @@ async def test_an_image_url_that_redirects_is_followed(api: Api, openai_env: Ope
     answer = await api.generate({"prompt": PROMPT})
     assert answer.status == 201, answer.body
     assert [c.path.split("/")[1] for c in openai_env.calls][-2:] == ["moved", "files"]
+    assert (await fetch(answer.json()["url"])).content == openai_env.behaviour.image
+
+
+async def test_a_picture_sent_inline_as_a_data_url_is_stored(api: Api, openai_env: OpenAIServer):
+    # OpenedAI Images (Stable Diffusion, FLUX) answers `url` with the picture itself when no
+    # response_format is asked for (the app asks for none: gpt-image models answer base64 anyway).
+    openai_env.behaviour.shape = "data_url"
+    answer = await api.generate({"prompt": PROMPT})
+    assert answer.status == 201, answer.body
+    assert [c.path for c in openai_env.calls] == ["/v1/images/generations"]
+    assert (await fetch(answer.json()["url"])).content == openai_env.behaviour.image
+
+
+async def test_base64_with_a_data_url_head_is_the_picture(api: Api, openai_env: OpenAIServer):
+    inline = "data:image/png;base64," + base64.b64encode(openai_env.behaviour.image).decode()
+    openai_env.behaviour.raw_answer = (json.dumps({"created": 1, "data": [{"b64_json": inline}]}), "application/json")
+    answer = await api.generate({"prompt": PROMPT})
+    assert answer.status == 201, answer.body
     assert (await fetch(answer.json()["url"])).content == openai_env.behaviour.image
 
 

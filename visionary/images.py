@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -29,6 +30,9 @@ MAX_IMAGE_BYTES = 20 * 1024 * 1024
 # A b64_json answer: the picture's base64 (4 bytes for 3), and room for a revised prompt and usage.
 MAX_ANSWER_BYTES = MAX_IMAGE_BYTES * 4 // 3 + 1024 * 1024
 DOWNLOAD_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
+# A picture inline as a data: URL: OpenedAI Images (Stable Diffusion, FLUX) answers `url` with one
+# when no response_format is asked for, and gateways put one in `b64_json`.
+_DATA_URL = re.compile(r"data:image/[\w.+-]+;base64,", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -96,8 +100,8 @@ class ModelImages:
         if _filtered(picture) or (isinstance(answer, dict) and _filtered(answer)):
             raise ApiError.content_policy_violation()
         b64_json, url, revised_prompt = _fields(picture)
-        if b64_json:
-            data = decode_base64(b64_json)
+        if inline := b64_json or (url if url and _DATA_URL.match(url) else None):
+            data = decode_base64(_without_data_url_head(inline))
         elif url:
             async with asyncio.timeout(self._download_timeout):  # httpx bounds each read, not the whole
                 data = await download(self._downloads, url)
@@ -127,6 +131,12 @@ def _fields(item: dict) -> tuple[str | None, str | None, str | None]:
     fields = (item.get("b64_json"), item.get("url"), item.get("revised_prompt"))
     b64_json, url, revised_prompt = (value if isinstance(value, str) and value else None for value in fields)
     return b64_json, url, without_forbidden(revised_prompt) if revised_prompt else None
+
+
+def _without_data_url_head(text: str) -> str:
+    """The base64 of a picture sent as a data: URL; any other text as it is."""
+    head = _DATA_URL.match(text)
+    return text[head.end():] if head else text
 
 
 def decode_base64(text: str) -> bytes:
