@@ -75,6 +75,28 @@ async def test_an_answer_cut_short_is_no_suggestion(api: Api, openai_env: OpenAI
     assert answer.status == 502 and answer.json()["code"] == "upstream_error", answer.body
 
 
+@pytest.mark.parametrize(
+    "thinking",
+    [
+        # Qwen3 on vLLM with no reasoning parser: the thinking, tags and all, before the answer.
+        "<think>\nOkay, the user wants a random prompt: a genre and a medium. Maybe a lighthouse.\n</think>\n\n",
+        # DeepSeek-R1 on vLLM: its chat template opens <think>, so the answer holds only its end.
+        "Okay, the user wants a random prompt. Let me think: a lighthouse, oil painting.\n</think>\n\n",
+    ],
+)
+async def test_a_reasoning_models_thinking_is_not_the_suggestion(api: Api, openai_env: OpenAIServer, thinking: str):
+    openai_env.behaviour.suggestion = thinking + '"A lighthouse on a cliff at dusk, impressionism, oil painting"'
+    answer = await api.suggest()
+    assert answer.status == 200, answer.body
+    assert answer.text == "A lighthouse on a cliff at dusk, impressionism, oil painting"
+
+
+async def test_a_reasoning_model_that_never_stopped_thinking_gave_no_suggestion(api: Api, openai_env: OpenAIServer):
+    openai_env.behaviour.suggestion = "<think>\nOkay, the user wants a random prompt. A lighthouse? A fox"
+    answer = await api.suggest()
+    assert answer.status == 502 and answer.json()["code"] == "upstream_error", answer.body
+
+
 async def test_offline_suggestions_vary_and_name_genre_and_medium(api: Api, offline_env):
     answers = [(await api.suggest()).text for _ in range(12)]
     assert len(set(answers)) > 1

@@ -31,6 +31,10 @@ REQUEST = (
     "black and white."
 )
 CUT_SHORT = ("length", "content_filter")  # finish reasons of an answer that stopped mid-way
+# Reasoning models served with no reasoning parser (vLLM, llama.cpp, older Ollama: deepseek-r1,
+# qwen3) think in the content, before the answer: `<think>...</think>`, or only its end when
+# the chat template opened it (DeepSeek-R1's does).
+_THINKING_OPENS, _THINKING_ENDS = "<think>", "</think>"
 # Quotes as languages pair them, opening then closing: English, German („“ and »«), Polish („”),
 # Swedish (””), French (« » and ‹ ›), Japanese (「」『』), and the full-width one.
 _QUOTE_PAIRS = frozenset({
@@ -135,5 +139,13 @@ def _first_text(completion: Any) -> str:
         return ""
     if not isinstance(content, str) or finish_reason in CUT_SHORT:
         return ""
-    text = clean(content)
+    text = clean(_after_thinking(content))
     return text if any(ch.isalnum() for ch in text) else ""
+
+
+def _after_thinking(content: str) -> str:
+    """The answer after the model's thinking, if it thought in the content; none if it never
+    stopped thinking."""
+    if _THINKING_ENDS in content:
+        return content.rpartition(_THINKING_ENDS)[2]
+    return "" if content.lstrip(_BLANK).startswith(_THINKING_OPENS) else content
