@@ -59,6 +59,41 @@ IMAGE_ERRORS = {
         400,
         {"code": "contentFilter", "message": "Your task failed as a result of our safety system."},
     ),
+    "content_policy_code_null": (  # OpenAI's images API until 2023; gateways relaying it still send it so
+        400,
+        {
+            "code": None,
+            "message": "Your request was rejected as a result of our safety system. ",
+            "param": None,
+            "type": "invalid_request_error",
+        },
+    ),
+    "content_policy_via_litellm": (  # LiteLLM's proxy: its code is the HTTP status, its class in the message
+        400,
+        {
+            "message": "litellm.BadRequestError: litellm.ContentPolicyViolationError: "
+            "litellm.ContentPolicyViolationError: AzureException - The response was filtered due to the prompt "
+            "triggering Azure OpenAI's content management policy. Please modify your prompt and retry.\n"
+            "model=azure/gpt-image-1. content_policy_fallback=None. fallbacks=None.",
+            "type": None,
+            "param": None,
+            "code": "400",
+            "provider_specific_fields": {
+                "innererror": {"code": "ResponsibleAIPolicyViolation",
+                               "content_filter_result": {"violence": {"filtered": True, "severity": "high"}}},
+            },
+        },
+    ),
+    "invalid_size_via_litellm": (  # the same proxy, for a request the settings make: no refusal
+        400,
+        {
+            "message": "litellm.BadRequestError: OpenAIException - Invalid value: '640x480'. Supported values "
+            "are: '1024x1024', '1024x1536', '1536x1024', and 'auto'.",
+            "type": None,
+            "param": None,
+            "code": "400",
+        },
+    ),
     "rate_limit": (
         429,
         {

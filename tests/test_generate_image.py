@@ -212,6 +212,8 @@ async def test_no_model_service_is_a_503_naming_the_settings(api: Api, storage_e
         ("moderation_blocked", 400, "content_policy_violation", 1),
         ("content_filter", 400, "content_policy_violation", 1),
         ("content_filter_image", 400, "content_policy_violation", 1),
+        ("content_policy_code_null", 400, "content_policy_violation", 1),
+        ("content_policy_via_litellm", 400, "content_policy_violation", 1),
         ("server_error", 502, "upstream_error", 2),  # one try and the SDK's one retry
         ("bad_key", 502, "upstream_error", 1),
         ("slow", 504, "upstream_timeout", 2),

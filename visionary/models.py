@@ -65,6 +65,10 @@ MALFORMED_ANSWER = (AttributeError, TypeError, IndexError, KeyError)
 # A refused prompt's error codes, as compared (lower case, no underscores): OpenAI's, gpt-image's,
 # and Azure OpenAI's (content_filter for chat, contentFilter for images).
 REFUSALS = ("contentpolicyviolation", "moderationblocked", "contentfilter")
+# A refusal in words, for a 400 whose code says nothing: null (OpenAI's images API until 2023, and
+# gateways relaying it) or the bare status (LiteLLM's proxy). OpenAI's safety system, Azure
+# OpenAI's content management policy, LiteLLM's ContentPolicyViolationError.
+_REFUSAL_WORDS = re.compile(r"safety system|content management policy|ContentPolicyViolationError", re.IGNORECASE)
 _ERROR_CODE = re.compile(r"\d{3}|[A-Za-z][A-Za-z_]{0,39}")
 
 
@@ -222,7 +226,7 @@ async def call_model(
             "The model service is rate limiting requests; try again later.", retry_after(error.response.headers)
         ) from None
     except openai.BadRequestError as error:
-        if is_refusal(_code(error)):
+        if _refused(error):
             raise refused() from None
         raise _upstream(error, settings_hint) from None
     except openai.APIStatusError as error:
@@ -253,6 +257,16 @@ def _broken_body(error: httpx2.TransportError | httpx2.DecodingError) -> ApiErro
 def is_refusal(code: object) -> bool:
     """Whether an error code says the prompt or the picture was refused by a content policy."""
     return isinstance(code, str) and code.replace("_", "").lower() in REFUSALS
+
+
+def _refused(error: openai.BadRequestError) -> bool:
+    """Whether a 400 refuses the prompt: by its code, or by its message when its code says nothing."""
+    code = _code(error)
+    if code is not None and not code.isdigit():
+        return is_refusal(code)
+    inner = _inner_error(error.body)  # no code, or only the HTTP status again
+    message = inner.get("message") if inner is not None else None
+    return isinstance(message, str) and _REFUSAL_WORDS.search(message) is not None
 
 
 async def json_answer(
