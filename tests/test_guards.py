@@ -707,6 +707,37 @@ async def test_the_clean_up_of_a_claim_that_never_reached_storage_leaves_the_nex
     assert calls == [1]
 
 
+async def test_a_failed_requests_key_is_freed_once_storage_answers_again(
+    lossy_storage: LossyStorage, container_name: str
+):
+    # The model fails, and the release of the claim never reaches storage (away for a moment):
+    # left as it is, the claim answered the client's retry 409 in_progress for minutes, until stale.
+    calls = []
+
+    async def fails() -> dict:
+        lossy_storage.drop("DELETE", "/idempotency/", 1.0)
+        raise ApiError.upstream_error()
+
+    async def work() -> dict:
+        calls.append(1)
+        return {"drawn": len(calls)}
+
+    async with open_service_client(Settings.from_env().require_storage()) as service:
+        ledger = IdempotencyLedger(
+            service.get_container_client(container_name), wait_seconds=8, poll_seconds=0.1, timeout=0.5
+        )
+        try:
+            with pytest.raises(ApiError) as failed:
+                await ledger.once("order-48", "prompt", fails)
+            assert failed.value.code == "upstream_error"  # the request's own error, not storage's
+            started = time.monotonic()
+            assert await ledger.once("order-48", "prompt", work) == {"drawn": 1}  # not 409 in_progress
+            assert time.monotonic() - started < 4  # freed at the clean-up's first look, a second on
+        finally:
+            ledger.late_writes.cancel()
+    assert calls == [1]
+
+
 async def test_work_whose_done_record_storage_answers_too_late_still_answers(
     lossy_storage: LossyStorage, container_name: str, caplog
 ):

@@ -446,9 +446,14 @@ class IdempotencyLedger:
         try:
             answer = await work()
         except BaseException:
-            await _best_effort(
-                _release(blob, claim, self.timeout), "a failed request's idempotency marker stays until stale"
-            )
+            try:
+                await _release(blob, claim, self.timeout)
+            except (TimeoutError, AzureError):
+                # Left, the claim would answer the client's retries 409 in_progress until stale.
+                log.warning("storage failed during cleanup: a failed request's key is freed once storage answers")
+                self.late_writes.retry(
+                    lambda: _release(blob, claim, self.timeout), "the release of a failed request's key"
+                )
             raise
         done = {"fingerprint": fingerprint, "state": "done", "since": self.now().isoformat(), "answer": answer}
         try:

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TypedDict
@@ -118,13 +118,32 @@ class LateWrites:
 
     def remove(self, blob: BlobClient, key: str, write: str, label: str) -> None:
         """Delete `blob` when it appears with metadata `key` == `write`; `label` names it in the log."""
-        task = asyncio.get_running_loop().create_task(_remove_if_made_by(blob, key, write, label))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._start(_remove_if_made_by(blob, key, write, label))
+
+    def retry(self, change: Callable[[], Awaitable[object]], label: str) -> None:
+        """Make `change` once storage answers again: tried after each of CLEANUP_PAUSES until
+        storage takes it (`change` itself must be one that is safe to make late, ETag-conditional)."""
+        self._start(_retry_until_made(change, label))
 
     def cancel(self) -> None:
         for task in self._tasks:
             task.cancel()
+
+    def _start(self, work: Coroutine[object, object, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+async def _retry_until_made(change: Callable[[], Awaitable[object]], label: str) -> None:
+    for pause in CLEANUP_PAUSES:
+        await asyncio.sleep(pause)
+        try:
+            await change()
+        except (TimeoutError, AzureError):
+            continue  # storage still away
+        log.warning("made %s once storage answered again", label)
+        return
 
 
 async def _remove_if_made_by(blob: BlobClient, key: str, write: str, label: str) -> None:
