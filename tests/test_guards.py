@@ -755,8 +755,36 @@ async def test_work_whose_done_record_storage_answers_too_late_still_answers(
         lossy_storage.delay_answer("PUT", "/idempotency/", 1.0, conditional=True)  # the "done" write
         assert await ledger.once("order-46", "prompt", work) == {"drawn": 1}
         assert "idempotency marker not recorded as done" in caplog.text
-        await asyncio.sleep(0.7)  # the late answer goes by
-        assert await ledger.once("order-46", "prompt", work) == {"drawn": 1}
+        try:
+            await asyncio.sleep(0.7)  # the late answer goes by
+            assert await ledger.once("order-46", "prompt", work) == {"drawn": 1}
+        finally:
+            ledger.late_writes.cancel()
+    assert calls == [1]
+
+
+async def test_an_answer_storage_could_not_record_is_recorded_once_it_answers_again(
+    lossy_storage: LossyStorage, container_name: str
+):
+    # The picture is stored, but the marker's "done" write never reaches storage (away for a
+    # moment). Left a claim, it went stale and the client's next retry drew a second picture.
+    calls = []
+
+    async def work() -> dict:
+        calls.append(1)
+        lossy_storage.drop("PUT", "/idempotency/", 1.0)  # the "done" write
+        return {"drawn": len(calls)}
+
+    async with open_service_client(Settings.from_env().require_storage()) as service:
+        ledger = IdempotencyLedger(
+            service.get_container_client(container_name), stale_after=timedelta(seconds=3), timeout=0.5
+        )
+        try:
+            assert await ledger.once("order-49", "prompt", work) == {"drawn": 1}
+            await asyncio.sleep(3.5)  # the claim would be stale by now
+            assert await ledger.once("order-49", "prompt", work) == {"drawn": 1}
+        finally:
+            ledger.late_writes.cancel()
     assert calls == [1]
 
 

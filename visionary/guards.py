@@ -456,17 +456,27 @@ class IdempotencyLedger:
                 )
             raise
         done = {"fingerprint": fingerprint, "state": "done", "since": self.now().isoformat(), "answer": answer}
+        write_id = uuid.uuid4().hex  # the same for the later tries: a first try that landed late is ours
         try:
-            async with asyncio.timeout(self.timeout):
-                recorded = await write_record(blob, done, claim)
+            recorded = await _record(blob, done, claim, write_id, self.timeout)
         except (TimeoutError, AzureError):
-            # The picture is stored: answer with it. Until the marker goes stale, a
-            # repeat gets 409 in_progress rather than a second picture.
-            log.warning("idempotency marker not recorded as done; a repeat will wait for it to go stale")
+            # The picture is stored: answer with it. Repeats get 409 in_progress until storage takes
+            # the record; left unrecorded, the claim went stale and a repeat drew a second picture.
+            log.warning("idempotency marker not recorded as done; it is recorded once storage answers")
+            self.late_writes.retry(
+                lambda: _record(blob, done, claim, write_id, self.timeout), "the record of a request's answer"
+            )
         else:
             if recorded is None:  # outlived stale_after: a repeat took the key over, its record stands
                 log.warning("idempotency claim was taken over while its work ran; its record is kept")
         return answer
+
+
+async def _record(blob: BlobClient, done: dict, claim: str, write_id: str, timeout: float | None) -> str | None:
+    """Record the answer over our claim (its ETag); None if the marker is no longer that claim
+    (taken over once stale: the new owner's record stands)."""
+    async with asyncio.timeout(timeout):
+        return await write_record(blob, done, claim, write_id)
 
 
 async def _release(blob: BlobClient, claim: str, timeout: float | None) -> None:
