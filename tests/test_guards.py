@@ -177,6 +177,29 @@ async def test_a_write_whose_answer_never_came_but_landed_is_given_back(
         assert await day_count(azurite, container_name) == 2  # the five told 503 hold no slot
 
 
+async def test_a_take_granted_in_the_very_turn_its_request_timed_out_is_given_back(
+    container: ContainerClient, monkeypatch
+):
+    # The count's write is made, and its answer handled in the same turn of the event loop as the
+    # request's timeout: the request hears 503 though its slot was granted, so it must give it back.
+    real_write = guards.write_record
+
+    async def answered_as_time_runs_out(*args, **kwargs):
+        written = await real_write(*args, **kwargs)
+        time.sleep(0.6)  # the loop is busy past both timeouts with the answer in hand ...
+        await asyncio.sleep(0)  # ... so the grant and the request's timeout come in one turn
+        return written
+
+    monkeypatch.setattr(guards, "write_record", answered_as_time_runs_out)
+    cap = DailyCap(container, 1, timeout=0.5)
+    with pytest.raises(TimeoutError):
+        await generation(cap)
+    monkeypatch.setattr(guards, "write_record", real_write)
+    assert await generation(cap) == 201  # at the cap of 1, only with that slot given back
+    [day] = await blob_names(container, "cost-guard/")
+    assert json.loads(await (await container.download_blob(day)).readall())["count"] == 1
+
+
 @asynccontextmanager
 async def two_instances(azurite: Azurite, container_name: str, cap: int) -> AsyncIterator[tuple[DailyCap, DailyCap]]:
     """The cap of instance A, through the lossy proxy (1 s a change), and of B, straight on Azurite."""
