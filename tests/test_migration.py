@@ -5,15 +5,16 @@ import base64
 import io
 import subprocess
 import sys
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from urllib.parse import unquote
 
 import pytest
-from azure.core.exceptions import ResourceModifiedError
+from azure.core.exceptions import HttpResponseError, ResourceModifiedError
+from azure.storage.blob import generate_container_sas
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 from PIL import Image
 
-from tests.azurite import KEY, ROOT, Azurite
+from tests.azurite import ACCOUNT, KEY, ROOT, Azurite
 from tests.conftest import ROOT_ENV, blob_names, png_bytes
 from tests.lossy_storage import LossyStorage
 from tests.served import NO_LOCAL_SETTINGS
@@ -396,6 +397,30 @@ async def test_a_source_leased_by_another_tool_is_an_error_and_the_run_goes_on(c
     assert outcomes(await migrate(container)) == {leased: (Action.RESUMED, target_of(leased))}
 
 
+async def test_credentials_that_may_read_but_not_write_stop_the_run_at_the_first_refusal(container: ContainerClient):
+    # As with an identity holding Storage Blob Data Reader, not Contributor: storage refuses the
+    # first copy (403 AuthorizationPermissionMismatch), and every later one would be refused the same.
+    # The run stops there, saying why, rather than reading every picture to print the same error.
+    await container.create_container()
+    for ts in range(3):
+        await container.upload_blob(f"picture {ts}_170000000{ts}000.png", png_bytes(ts))
+    before = await snapshot(container)
+    read_only = generate_container_sas(ACCOUNT, container.container_name, account_key=KEY, permission="rl",
+                                       expiry=datetime.now(timezone.utc) + timedelta(hours=1))
+    seen: list[Outcome] = []
+
+    async with ContainerClient.from_container_url(container.url, credential=read_only) as reader:
+        with pytest.raises(HttpResponseError) as refused:
+            await migrate(reader, progress=seen.append)
+
+    assert seen == []
+    assert describe(refused.value) == (
+        "storage answered 403 AuthorizationPermissionMismatch: the identity signed in may not move pictures; "
+        "give it Storage Blob Data Contributor on the account"
+    )
+    assert await snapshot(container) == before
+
+
 async def test_a_blob_larger_than_any_picture_is_left_unread(container: ContainerClient):
     # PNG-shaped from end to end, but larger than generateImage ever stores (MAX_IMAGE_BYTES).
     oversized = png_bytes()[:16] + bytes(MAX_IMAGE_BYTES) + png_bytes()[-12:]
@@ -502,6 +527,29 @@ async def test_the_command_says_what_storage_answered_and_never_the_key(
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr == (
-        "Stopped: storage answered 403 AuthorizationFailure. Run again: it resumes where this run stopped.\n"
+        "Stopped: storage answered 403 AuthorizationFailure: storage refused these credentials or this machine "
+        "(check the key, the sign-in, and the account's firewall). Run again: it resumes where this run stopped.\n"
     )
     assert wrong_key not in result.stderr
+
+
+async def test_the_command_says_where_to_sign_in_when_no_sign_in_succeeds(model_server):
+    # Keyless storage (VISIONARY_STORAGE_ACCOUNT_URL), run on a machine where no identity signs in:
+    # the operator's own sign-in is missing here, not the Function App's managed identity.
+    # (Run without blocking: the loopback identity endpoint answers on this test's event loop.)
+    process = await asyncio.create_subprocess_exec(
+        *command("--dry-run"), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={
+            **ROOT_ENV,
+            "VISIONARY_STORAGE_ACCOUNT_URL": "https://127.0.0.1:9/devstoreaccount1",
+            "IDENTITY_ENDPOINT": f"{model_server.url}/msi/token",
+            "IDENTITY_HEADER": "not-the-header-the-identity-endpoint-wants",
+        },
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
+
+    assert process.returncode == 1 and stdout == b""
+    assert stderr.decode().splitlines()[-1] == (
+        "Stopped: the sign-in to storage failed: the migration signs in with DefaultAzureCredential "
+        "(`az login` on a workstation), as an identity with Storage Blob Data Contributor on the account. "
+        "Run again: it resumes where this run stopped."
+    )

@@ -34,10 +34,12 @@ import unicodedata
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TypeGuard
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (
     AzureError,
+    ClientAuthenticationError,
     HttpResponseError,
     ResourceExistsError,
     ResourceModifiedError,
@@ -124,8 +126,9 @@ async def migrate(
 
     One at a time keeps the outcome of every blob the same from run to run. `progress`
     sees each outcome as it happens, so an operator watching a long run (or one
-    interrupted) knows how far it got. Storage that cannot be reached at all raises
-    (an `AzureError`); a failure on one blob is that blob's outcome, and the run goes on.
+    interrupted) knows how far it got. Storage that cannot be reached at all, or that refuses
+    the credentials (401, 403), raises (an `AzureError`); any other failure on one blob is that
+    blob's outcome, and the run goes on.
     """
     report = Report(dry_run)
     planned: dict[str, Fingerprint] = {}  # a dry run's copies by target name; a real run's stay empty
@@ -138,10 +141,28 @@ async def migrate(
 
 
 def describe(error: AzureError) -> str:
-    """A storage failure in a few words: its status and code, never a URL, key or message body."""
+    """A storage failure in a few words: its status and code, never a URL, key or message body.
+
+    A refusal or a failed sign-in says what to mend where the command runs (a workstation, as
+    a rule), where the app's own log line points at the Function App's managed identity.
+    """
     if isinstance(error, ResourceModifiedError):
         return "it changed while it was being moved; run again"
+    if _refused(error):
+        if error_code(error) == "AuthorizationPermissionMismatch":  # Azure's answer to a missing role
+            return (f"{describe_failure(error)}: the identity signed in may not move pictures; "
+                    "give it Storage Blob Data Contributor on the account")
+        return (f"{describe_failure(error)}: storage refused these credentials or this machine "
+                "(check the key, the sign-in, and the account's firewall)")
+    if isinstance(error, ClientAuthenticationError):  # from the credential: storage was never asked
+        return ("the sign-in to storage failed: the migration signs in with DefaultAzureCredential "
+                "(`az login` on a workstation), as an identity with Storage Blob Data Contributor on the account")
     return describe_failure(error)
+
+
+def _refused(error: AzureError) -> TypeGuard[HttpResponseError]:
+    """Storage refused the credentials (401, 403): every later blob would be refused the same."""
+    return isinstance(error, HttpResponseError) and error.status_code in (401, 403)
 
 
 async def _outside_gallery(container: ContainerClient) -> AsyncIterator[BlobProperties]:
@@ -175,6 +196,8 @@ async def _migrate_blob(
     try:
         return await _move(container, blob.name, node, dry_run, planned)
     except HttpResponseError as error:
+        if _refused(error):  # a role or a key, not this blob: stop, rather than read every picture in vain
+            raise
         return Outcome(blob.name, Action.ERROR, reason=describe(error))
 
 
