@@ -95,6 +95,12 @@ def test_a_number_too_long_for_int_is_named_not_a_500():
         ({"VISIONARY_STORAGE_ACCOUNT_URL": "https://acct.blob.core.windows.net/?sv=2025-11-05&sig=SECRET"},
          "VISIONARY_STORAGE_ACCOUNT_URL must be the account's URL alone"),
         ({"AzureWebJobsStorage": AZURITE, "VISIONARY_CONTAINER": "my--images"}, "VISIONARY_CONTAINER must be 3 to 63"),
+        # A container's URL, as the portal shows it: storage drops the path, and the app would use
+        # VISIONARY_CONTAINER's `images` while the pictures sit in `photos`.
+        ({"VISIONARY_STORAGE_ACCOUNT_URL": "https://acct.blob.core.windows.net/photos"},
+         "VISIONARY_STORAGE_ACCOUNT_URL must be the account's URL alone"),
+        ({"AzureWebJobsStorage__blobServiceUri": "https://acct.blob.core.windows.net/photos/"},
+         "AzureWebJobsStorage__blobServiceUri must be the account's URL alone"),
     ],
 )
 def test_storage_settings_that_cannot_reach_the_intended_account_are_named(env: dict[str, str], named: str):

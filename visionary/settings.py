@@ -361,6 +361,11 @@ class _Reader:
         elif "?" in value or "#" in value:
             # A SAS pasted from the portal would ride along in every link the app hands out.
             self.problem(f"{name} must be the account's URL alone, without a query or a SAS.")
+        elif urlsplit(value).path.strip("/") and not _is_loopback(value):
+            # A container's URL: storage drops the path of an account's own endpoint, so the app
+            # would quietly use VISIONARY_CONTAINER. Only Azurite's path-style URL names the account there.
+            self.problem(f"{name} must be the account's URL alone, without a container: "
+                         "name the container in VISIONARY_CONTAINER.")
         else:
             # Host names ignore case, but the storage SDK reads the account's name off the host as
             # written, and a name in capitals is no account's: it would sign links with it.
@@ -467,6 +472,11 @@ def auth_level(environ: Mapping[str, str] | None = None) -> str:
     if value in ("", "anonymous"):
         return "ANONYMOUS"
     return "FUNCTION"
+
+
+def _is_loopback(url: str) -> bool:
+    """Whether `url` is Azurite's on this machine, whose path names the account (as the storage SDK reads it)."""
+    return _hostname(url) in ("localhost", "127.0.0.1")
 
 
 def _hostname(url: str) -> str | None:
