@@ -101,6 +101,8 @@ def test_a_number_too_long_for_int_is_named_not_a_500():
          "VISIONARY_STORAGE_ACCOUNT_URL must be the account's URL alone"),
         ({"AzureWebJobsStorage__blobServiceUri": "https://acct.blob.core.windows.net/photos/"},
          "AzureWebJobsStorage__blobServiceUri must be the account's URL alone"),
+        ({"VISIONARY_STORAGE_ACCOUNT_URL": "https://acct.blob.core.chinacloudapi.cn/photos"},
+         "VISIONARY_STORAGE_ACCOUNT_URL must be the account's URL alone"),
     ],
 )
 def test_storage_settings_that_cannot_reach_the_intended_account_are_named(env: dict[str, str], named: str):
@@ -110,6 +112,14 @@ def test_storage_settings_that_cannot_reach_the_intended_account_are_named(env: 
     with pytest.raises(ApiError) as refused:
         Settings.from_env(env).require_storage()
     assert refused.value.code == "not_configured"
+
+
+def test_an_azurite_url_keeps_its_path_which_names_the_account():
+    # Path-style, as Azurite (over HTTPS, for a token) is reached from another container of a
+    # compose file: the storage SDK keeps the path of any host but an account's own endpoint.
+    url = {"VISIONARY_STORAGE_ACCOUNT_URL": "https://azurite:10000/devstoreaccount1"}
+    assert problems(url) == []
+    assert storage(url).account_url == "https://azurite:10000/devstoreaccount1"
 
 
 def test_an_account_url_in_capitals_is_read_as_the_account_it_names():

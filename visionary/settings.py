@@ -361,9 +361,9 @@ class _Reader:
         elif "?" in value or "#" in value:
             # A SAS pasted from the portal would ride along in every link the app hands out.
             self.problem(f"{name} must be the account's URL alone, without a query or a SAS.")
-        elif urlsplit(value).path.strip("/") and not _is_loopback(value):
+        elif urlsplit(value).path.strip("/") and _path_dropped(value):
             # A container's URL: storage drops the path of an account's own endpoint, so the app
-            # would quietly use VISIONARY_CONTAINER. Only Azurite's path-style URL names the account there.
+            # would quietly use VISIONARY_CONTAINER. (Azurite's path-style URL names the account there.)
             self.problem(f"{name} must be the account's URL alone, without a container: "
                          "name the container in VISIONARY_CONTAINER.")
         else:
@@ -474,9 +474,11 @@ def auth_level(environ: Mapping[str, str] | None = None) -> str:
     return "FUNCTION"
 
 
-def _is_loopback(url: str) -> bool:
-    """Whether `url` is Azurite's on this machine, whose path names the account (as the storage SDK reads it)."""
-    return _hostname(url) in ("localhost", "127.0.0.1")
+def _path_dropped(url: str) -> bool:
+    """Whether the storage SDK drops this URL's path: it does for an account's own endpoint
+    (`acct.blob.core.windows.net`, sovereign clouds too), and keeps it elsewhere (Azurite's
+    path-style URLs, `https://azurite:10000/devstoreaccount1` in a compose file)."""
+    return ".blob.core." in (_hostname(url) or "")
 
 
 def _hostname(url: str) -> str | None:
