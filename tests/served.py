@@ -40,8 +40,12 @@ class ServedApp:
         wait_until_listening(process, port)
         return cls(f"http://127.0.0.1:{port}", process, output)
 
+    def read(self) -> str:
+        """What it has printed so far."""
+        self.output.seek(0)
+        return self.output.read()
+
     def stop(self) -> str:
         """Stop as Ctrl-C does; return what it printed."""
         stop_process(self.process, signal.SIGINT)
-        self.output.seek(0)
-        return self.output.read()
+        return self.read()

@@ -16,7 +16,8 @@ import pytest
 
 from tests.azurite import ROOT, Azurite, free_port, stop_process, wait_until_listening
 from tests.conftest import start_local_host
-from tests.served import NO_LOCAL_SETTINGS, ROOT_ENV, ServedApp
+from tests.openai_server import OpenAIServer
+from tests.served import APP_SETTINGS, NO_LOCAL_SETTINGS, ROOT_ENV, ServedApp
 from visionary.localhost import MAX_BODY_BYTES, HostConfig, HostConfigError, routes_of
 
 
@@ -421,6 +422,28 @@ async def test_serve_reports_a_mistyped_provider_instead_of_drawing_offline(azur
     assert "Setting to fix: VISIONARY_PROVIDER" in output and "OFFLINE" not in output
     # Well formed, but too short for generateImage's storage steps: named at start-up too.
     assert "Setting to fix: VISIONARY_REQUEST_DEADLINE_SECONDS must be more than 3 times" in output
+
+
+async def test_a_second_ctrl_c_stops_at_once_in_one_line(openai_env: OpenAIServer):
+    # The first Ctrl-C waits for a picture that may take minutes; an impatient second one
+    # printed pages of tracebacks from aiohttp's interrupted shutdown and exited 1.
+    openai_env.behaviour.delay = 60
+    env = {**ROOT_ENV, **{name: os.environ[name] for name in os.environ if name.startswith(APP_SETTINGS)}}
+    served = ServedApp.start(free_port(), env)
+    async with httpx.AsyncClient(base_url=served.url, timeout=30) as http:
+        drawing = asyncio.create_task(http.post("/api/generateImage", json={"prompt": "A slow lighthouse"}))
+        while not openai_env.model_calls():
+            await asyncio.sleep(0.05)
+        served.process.send_signal(signal.SIGINT)
+        while "Stopping: finishing" not in served.read():
+            await asyncio.sleep(0.05)
+        served.process.send_signal(signal.SIGINT)
+        assert await asyncio.to_thread(served.process.wait, 15) == 0
+        with pytest.raises(httpx.RemoteProtocolError):  # dropped, as asked
+            await drawing
+    output = served.read()
+    assert "Traceback" not in output and "ERROR" not in output, output
+    assert "Stopping now: the 1 request under way is dropped." in output
 
 
 def development_stack(port: int, azurite_port: int, data: Path, settings: str = NO_LOCAL_SETTINGS[1]) -> list[str]:

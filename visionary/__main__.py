@@ -10,13 +10,17 @@ Each reads local.settings.json as `func start` does, or the file named by --sett
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import errno
 import io
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -91,7 +95,9 @@ def serve_app(config: HostConfig, host: str, port: int) -> int:
     from visionary import clients
 
     application = LocalHost(function_app.app.get_functions(), config).application()
-    application.on_shutdown.append(_say_stopping)  # the requests under way may take minutes
+    under_way: set[asyncio.Task] = set()
+    application.middlewares.append(_tracked(under_way))
+    application.on_shutdown.append(lambda _: _say_stopping(under_way))  # the requests may take minutes
     application.on_cleanup.append(lambda _: clients.close_all())
     address = f"[{host}]" if ":" in host else host  # an IPv6 address, as a URL writes it
     print(f"VisionaryAI on http://{address}:{port}  (API under /{config.route_prefix}, gallery at /)",
@@ -160,8 +166,6 @@ def _default_to_azurite(config: HostConfig, port: int) -> None:
 
 def migrate(config: HostConfig, dry_run: bool) -> int:
     """Print one line a blob as it goes, then the counts; 1 when anything conflicted or failed."""
-    import asyncio
-
     from azure.core.exceptions import AzureError
 
     from visionary.errors import ApiError
@@ -204,8 +208,39 @@ async def _migrate(settings: StorageSettings, dry_run: bool) -> Report:
         await gallery.close()
 
 
-async def _say_stopping(_: object) -> None:
-    print("Stopping: finishing the requests under way (a model may take minutes).", flush=True)
+def _tracked(under_way: set[asyncio.Task]) -> Callable:
+    """A middleware keeping the tasks of the requests being answered in `under_way`."""
+    from aiohttp import web
+
+    @web.middleware
+    async def track(request: web.Request, handler: Callable) -> web.StreamResponse:
+        task = asyncio.current_task()
+        assert task is not None
+        under_way.add(task)
+        try:
+            return await handler(request)
+        finally:
+            under_way.discard(task)
+
+    return track
+
+
+async def _say_stopping(under_way: set[asyncio.Task]) -> None:
+    """The first Ctrl-C waits for the requests under way; a second one drops them. Left to
+    aiohttp, a second signal broke its shutdown mid-way: pages of tracebacks, and exit 1."""
+    def stop_now() -> None:
+        dropped = [task for task in under_way if not task.done()]
+        count = f"the {len(dropped)} request{'s' if len(dropped) != 1 else ''} under way"
+        print(f"Stopping now: {count} {'is' if len(dropped) == 1 else 'are'} dropped.", flush=True)
+        for task in dropped:
+            task.cancel()
+
+    loop = asyncio.get_running_loop()
+    for number in (signal.SIGINT, signal.SIGTERM):  # aiohttp removes them once it has stopped
+        with contextlib.suppress(NotImplementedError):  # Windows' event loops have no signal handlers
+            loop.add_signal_handler(number, stop_now)
+    print("Stopping: finishing the requests under way (a model may take minutes; Ctrl-C again drops them).",
+          flush=True)
 
 
 def _taken(host: str, port: int) -> str | None:
