@@ -446,6 +446,23 @@ async def test_a_second_ctrl_c_stops_at_once_in_one_line(openai_env: OpenAIServe
     assert "Stopping now: the 1 request under way is dropped." in output
 
 
+def test_serve_names_a_mistyped_setting_name_and_the_one_it_meant(tmp_path, azurite: Azurite):
+    # A cap set as VISIONARY_MAX_IMAGE_PER_DAY caps nothing: start-up said nothing of it.
+    settings = tmp_path / "local.settings.json"
+    settings.write_text(json.dumps({"Values": {"VISIONARY_MAX_IMAGE_PER_DAY": "50", "VISIONARY_PROVIDER": "offline",
+                                               "VISIONARY_STORAGE_CONNECTION_STRING": azurite.connection_string}}))
+    port = free_port()
+    output = tmp_path / "serve.log"
+    process = subprocess.Popen([sys.executable, "-m", "visionary", "serve", "--port", str(port), "--settings",
+                                str(settings)], cwd=ROOT, env=ROOT_ENV, stdout=output.open("w"), stderr=subprocess.STDOUT)
+    try:
+        wait_until_listening(process, port)
+    finally:
+        stop_process(process, signal.SIGINT)
+    assert ("  Setting to fix: VISIONARY_MAX_IMAGE_PER_DAY is not a setting of this app and has no effect: "
+            "did you mean VISIONARY_MAX_IMAGES_PER_DAY?") in output.read_text().splitlines()
+
+
 def development_stack(port: int, azurite_port: int, data: Path, settings: str = NO_LOCAL_SETTINGS[1]) -> list[str]:
     """`make run` (`python -m visionary run`) with its Azurite on `azurite_port`, as a command."""
     return [sys.executable, "-c", (

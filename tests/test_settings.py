@@ -1,7 +1,11 @@
 import pytest
 
 from visionary.errors import ApiError
-from visionary.settings import Settings, whole_number
+import json
+import re
+from pathlib import Path
+
+from visionary.settings import SETTING_NAMES, Settings, unknown_settings, whole_number
 
 AZURITE = "UseDevelopmentStorage=true"
 
@@ -170,6 +174,24 @@ def test_unmet_names_everything_that_stops_an_endpoint():
     assert [text.split(" must")[0] for text in both] == ["VISIONARY_MAX_IMAGES_PER_DAY", "VISIONARY_REQUEST_DEADLINE_SECONDS"]
     malformed = Settings.from_env({"AzureWebJobsStorage": AZURITE, "VISIONARY_PROVIDER": "opneai"}).unmet()
     assert malformed == ["VISIONARY_PROVIDER must be one of openai, azure, offline, not 'opneai'."]  # said once
+
+
+def test_a_mistyped_setting_name_is_named_with_the_one_it_likely_meant():
+    assert unknown_settings({"VISIONARY_PAGE_SIZE": "9", "OPENAI_API_KEY": "sk"}) == []
+    assert unknown_settings({"VISIONARY_MAX_IMAGE_PER_DAY": "50", "visionary_page_size": "9", "VISIONARY_COLOR": "x"}) == [
+        "VISIONARY_COLOR is not a setting of this app and has no effect (see the README's Settings).",
+        "VISIONARY_MAX_IMAGE_PER_DAY is not a setting of this app and has no effect: did you mean VISIONARY_MAX_IMAGES_PER_DAY?",
+        "visionary_page_size is not a setting of this app and has no effect: did you mean VISIONARY_PAGE_SIZE?",
+    ]
+
+
+def test_the_known_setting_names_are_those_the_example_settings_and_the_readme_name():
+    root = Path(__file__).resolve().parent.parent
+    example = json.loads((root / "local.settings.example.json").read_text())["Values"]
+    assert {name for name in example if name.startswith("VISIONARY_")} == SETTING_NAMES
+    assert SETTING_NAMES <= set(re.findall(r"VISIONARY_[A-Z_]*[A-Z]", (root / "README.md").read_text()))
+    code = "".join(path.read_text() for path in [root / "function_app.py", *(root / "visionary").glob("*.py")])
+    assert set(re.findall(r"VISIONARY_[A-Z_]*[A-Z]", code)) == SETTING_NAMES
 
 
 def test_secrets_stay_out_of_the_repr():

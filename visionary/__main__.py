@@ -73,7 +73,7 @@ def serve_app(config: HostConfig, host: str, port: int) -> int:
     from aiohttp import web
 
     from visionary.localhost import LocalHost
-    from visionary.settings import Settings
+    from visionary.settings import Settings, unknown_settings
 
     if taken := _taken(host, port):
         print(taken, file=sys.stderr)
@@ -90,6 +90,8 @@ def serve_app(config: HostConfig, host: str, port: int) -> int:
             flush=True,
         )
     for text in Settings.from_env().unmet():  # requests that need the setting answer 503 not_configured
+        print(f"  Setting to fix: {text}", file=sys.stderr, flush=True)
+    for text in unknown_settings():  # a typo in a name: its setting takes no effect, silently on Azure
         print(f"  Setting to fix: {text}", file=sys.stderr, flush=True)
     import function_app
     from visionary import clients

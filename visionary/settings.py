@@ -8,6 +8,7 @@ mistyped model setting does not take the gallery down with it.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Mapping
@@ -48,6 +49,28 @@ STORAGE_SETTINGS = (
     "VISIONARY_STORAGE_ACCOUNT_URL",
     "AzureWebJobsStorage (a connection string, or __accountName / __blobServiceUri)",
 )
+
+# Every VISIONARY_ setting the app reads (local.settings.example.json lists each). Another
+# VISIONARY_ name is a typo whose setting takes no effect: a daily cap that caps nothing, say.
+SETTING_NAMES = frozenset({
+    "VISIONARY_PROVIDER", "VISIONARY_IMAGE_MODEL", "VISIONARY_SUGGESTION_MODEL", "VISIONARY_IMAGE_SIZES",
+    "VISIONARY_STORAGE_CONNECTION_STRING", "VISIONARY_STORAGE_ACCOUNT_URL", "VISIONARY_CONTAINER",
+    "VISIONARY_SYSTEM_CONTAINER", "VISIONARY_PUBLIC_BASE_URL", "VISIONARY_SAS_TTL_MINUTES",
+    "VISIONARY_MAX_PROMPT_CHARS", "VISIONARY_PAGE_SIZE", "VISIONARY_MAX_IMAGES_PER_DAY",
+    "VISIONARY_STORAGE_TIMEOUT_SECONDS", "VISIONARY_MODEL_TIMEOUT_SECONDS", "VISIONARY_MODEL_MAX_RETRIES",
+    "VISIONARY_MODEL_DEADLINE_SECONDS", "VISIONARY_REQUEST_DEADLINE_SECONDS", "VISIONARY_AUTH_LEVEL",
+})
+
+
+def unknown_settings(environ: Mapping[str, str] | None = None) -> list[str]:
+    """A sentence for each VISIONARY_ name that the app does not read, with the one it likely meant."""
+    environ = os.environ if environ is None else environ
+    sentences = []
+    for name in sorted(n for n in environ if n.upper().startswith("VISIONARY_") and n not in SETTING_NAMES):
+        meant = difflib.get_close_matches(name.upper(), SETTING_NAMES, n=1, cutoff=0.8)
+        hint = f": did you mean {meant[0]}?" if meant else " (see the README's Settings)."
+        sentences.append(f"{name} is not a setting of this app and has no effect{hint}")
+    return sentences
 
 
 @dataclass(frozen=True)
