@@ -505,6 +505,22 @@ def test_the_development_stack_with_azurites_port_taken_says_to_serve_alone(tmp_
     ]
 
 
+def test_make_run_started_twice_says_where_the_first_one_is(tmp_path):
+    # Told to serve the app alone against the running Azurite, the user met the app's port taken next.
+    with socket.socket() as azurite, socket.socket() as app:
+        for holder in (azurite, app):
+            holder.bind(("127.0.0.1", 0))
+            holder.listen()
+        azurite_port, port = azurite.getsockname()[1], app.getsockname()[1]
+        command = development_stack(port, azurite_port, tmp_path / "data")
+        ran = subprocess.run(command, cwd=ROOT, env=ROOT_ENV, capture_output=True, text=True, timeout=30)
+    assert ran.returncode == 1
+    assert ran.stderr.strip().splitlines() == [
+        f"Ports {azurite_port} (Azurite's) and {port} are already in use: if make run is running in another "
+        f"terminal, the app is at http://127.0.0.1:{port}; else stop what holds them."
+    ]
+
+
 def test_the_development_stack_without_azurite_installed_says_so(tmp_path):
     # python -m visionary run in a project where npm ci (or make run) has not run yet.
     for part in ("visionary", "function_app.py", "host.json"):

@@ -113,6 +113,11 @@ def run_stack(
 ) -> int:
     """Azurite with its data under .azurite/ (the gallery survives a restart), then the host."""
     if _taken("127.0.0.1", azurite_port):
+        if _taken(host, port):  # make run started twice: serving alone would meet the app's port taken too
+            address = f"[{host}]" if ":" in host else host
+            print(f"Ports {azurite_port} (Azurite's) and {port} are already in use: if make run is running in another "
+                  f"terminal, the app is at http://{address}:{port}; else stop what holds them.", file=sys.stderr)
+            return 1
         print(f"Port {azurite_port}, Azurite's, is already in use. If an Azurite is running there, serve the app "
               "alone against it: .venv/bin/python -m visionary serve", file=sys.stderr)
         return 1
