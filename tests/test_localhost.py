@@ -463,6 +463,22 @@ def test_serve_names_a_mistyped_setting_name_and_the_one_it_meant(tmp_path, azur
             "did you mean VISIONARY_MAX_IMAGES_PER_DAY?") in output.read_text().splitlines()
 
 
+@pytest.mark.parametrize(
+    ("connection_string", "said"),
+    [("UseDevelopmentStorage=false; SECRET", "The storage connection string (VISIONARY_STORAGE_CONNECTION_STRING or "
+      "AzureWebJobsStorage) is malformed."),
+     ("AccountName=devstoreaccount1;AccountKey=SECRET-KEY;BlobEndpoint=http://127.0.0.1:10000/devstoreaccount1",
+      "The storage account key is not valid base64: check the accountKey setting or the key in the storage "
+      "connection string.")],
+)
+def test_serve_names_a_connection_string_storage_cannot_use_at_start_up(connection_string: str, said: str):
+    # Every storage request answers 503 naming it; start-up, which the README says names each, said nothing.
+    env = {**ROOT_ENV, "VISIONARY_STORAGE_CONNECTION_STRING": connection_string, "VISIONARY_PROVIDER": "offline"}
+    output = ServedApp.start(free_port(), env).stop()
+    assert f"  Setting to fix: {said}" in output.splitlines()
+    assert "SECRET" not in output
+
+
 def development_stack(port: int, azurite_port: int, data: Path, settings: str = NO_LOCAL_SETTINGS[1]) -> list[str]:
     """`make run` (`python -m visionary run`) with its Azurite on `azurite_port`, as a command."""
     return [sys.executable, "-c", (

@@ -91,6 +91,8 @@ def serve_app(config: HostConfig, host: str, port: int) -> int:
         )
     for text in Settings.from_env().unmet():  # requests that need the setting answer 503 not_configured
         print(f"  Setting to fix: {text}", file=sys.stderr, flush=True)
+    if storage := _storage_unmet():  # every storage request answers 503 not_configured with it
+        print(f"  Setting to fix: {storage}", file=sys.stderr, flush=True)
     for text in unknown_settings():  # a typo in a name: its setting takes no effect, silently on Azure
         print(f"  Setting to fix: {text}", file=sys.stderr, flush=True)
     import function_app
@@ -106,6 +108,30 @@ def serve_app(config: HostConfig, host: str, port: int) -> int:
           flush=True)
     web.run_app(application, host=host, port=port, print=None, access_log=None)
     return 0
+
+
+def _storage_unmet() -> str | None:
+    """What makes well-formed storage settings unusable, as the storage requests would name it.
+
+    Only the storage client shows it (a malformed connection string, a key that is not base64),
+    so it is not among Settings.unmet()."""
+    from visionary.errors import ApiError
+    from visionary.settings import Settings
+    from visionary.storage import Gallery
+
+    try:
+        storage = Settings.from_env().require_storage()
+    except ApiError:  # missing or malformed: Settings.unmet() names it
+        return None
+
+    async def build() -> None:
+        await Gallery.from_settings(storage).close()  # no request: the client connects on first use
+
+    try:
+        asyncio.run(build())
+    except ApiError as error:
+        return error.message
+    return None
 
 
 def run_stack(
