@@ -9,7 +9,9 @@ PY := $(VENV)/bin/python
 
 install: $(VENV)/.installed node_modules/.installed
 
+# An older Python (Ubuntu 22.04's, macOS's) fails deep in pip on a pin; say so before making the .venv.
 $(VENV)/.installed: requirements.txt requirements-dev.txt
+	@$(PYTHON) -c 'import sys; v = sys.version_info; sys.exit(v < (3, 11) and f"VisionaryAI needs Python 3.11, 3.12 or 3.13; $(PYTHON) is {v[0]}.{v[1]}. Name another: make $(or $(MAKECMDGOALS),install) PYTHON=python3.12")'
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@

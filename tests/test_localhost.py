@@ -537,6 +537,23 @@ def test_make_run_started_twice_says_where_the_first_one_is(tmp_path):
     ]
 
 
+OLD_PYTHON = Path.home() / ".pyenv" / "versions" / "3.10.13" / "bin" / "python3"  # as Ubuntu 22.04's python3
+
+
+@pytest.mark.skipif(not OLD_PYTHON.exists(), reason="no Python 3.10 on this machine")
+def test_make_run_with_a_python_too_old_says_which_it_needs_before_making_the_venv(tmp_path):
+    # pip failed on a pin after a minute, with a page of versions and no word of Python's.
+    for name in ("Makefile", "requirements.txt", "requirements-dev.txt"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    ran = subprocess.run(["make", "run", f"PYTHON={OLD_PYTHON}"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=300)
+    assert ran.returncode != 0
+    assert ran.stderr.splitlines()[0] == (
+        f"VisionaryAI needs Python 3.11, 3.12 or 3.13; {OLD_PYTHON} is 3.10. Name another: make run PYTHON=python3.12"
+    )
+    assert not (tmp_path / ".venv").exists()
+
+
 def test_the_development_stack_without_azurite_installed_says_so(tmp_path):
     # python -m visionary run in a project where npm ci (or make run) has not run yet.
     for part in ("visionary", "function_app.py", "host.json"):
