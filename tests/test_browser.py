@@ -3,6 +3,7 @@
 import asyncio
 import os
 import re
+import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -155,3 +156,30 @@ AUTHENTICATION_FAILED = (
     "signature.</Message><AuthenticationErrorDetail>Signed expiry time [Sat, 21 Nov 2026 08:35:00 GMT] must be "
     "after signed start time [Sat, 21 Nov 2026 09:12:03 GMT]</AuthenticationErrorDetail></Error>"
 )
+
+
+async def test_a_gallery_that_failed_to_load_can_be_loaded_again(page: Page, served_app: ServedApp):
+    # Storage is away as the page opens: the 503 says "try again shortly", and the page offers a
+    # way to, without a reload that would also drop what is typed in the prompt box.
+    newest = f"Harbour at night {uuid.uuid4().hex[:8]}"
+    await seed(served_app, [newest])
+    answered: list[int] = []
+
+    async def storage_away_once(route: Route) -> None:
+        if answered:
+            await route.continue_()
+            return
+        answered.append(503)
+        await route.fulfill(status=503, json={
+            "error": "Image storage is unavailable right now; try again shortly.", "code": "storage_unavailable",
+        })
+
+    await page.route("**/api/getImages?*", storage_away_once)
+    await page.goto(served_app.url + "/")
+    await expect(page.locator("#error")).to_have_text("Image storage is unavailable right now; try again shortly.")
+    await expect(page.locator("#gallery li.tile")).to_have_count(0)
+    await expect(page.locator("#load-more")).to_have_text("Try again")
+    await page.click("#load-more")
+    await expect(page.locator("#gallery li.tile").first.locator("img")).to_have_attribute("alt", newest)
+    await expect(page.locator("#error")).to_be_hidden()
+

@@ -256,7 +256,9 @@ function renderSuggestion() {
 }
 
 function renderPager() {
-  els.loadMore.hidden = state.nextCursor === null;
+  // Until a first page has arrived (storage away as the page opened), the button tries it again.
+  els.loadMore.textContent = state.galleryLoaded ? 'Load more' : 'Try again';
+  els.loadMore.hidden = state.galleryLoaded ? state.nextCursor === null : state.loadingPage;
   els.loadMore.disabled = state.loadingPage;
   els.loadMore.setAttribute('aria-busy', String(state.loadingPage));
   els.gallery.setAttribute('aria-busy', String(state.loadingPage));
