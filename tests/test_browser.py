@@ -183,3 +183,53 @@ async def test_a_gallery_that_failed_to_load_can_be_loaded_again(page: Page, ser
     await expect(page.locator("#gallery li.tile").first.locator("img")).to_have_attribute("alt", newest)
     await expect(page.locator("#error")).to_be_hidden()
 
+
+async def test_generate_again_after_a_lost_answer_stores_one_picture(page: Page, served_app: ServedApp):
+    # The connection drops after the server has drawn and stored the picture (a proxy's timeout,
+    # a network change): the page says the API could not be reached, and the user clicks Generate
+    # again. The retry carries the first attempt's Idempotency-Key, so it gets that picture back
+    # rather than paying the model for a second, identical one.
+    await page.goto(served_app.url + "/")
+    await expect(page.locator("#gallery")).to_have_attribute("aria-busy", "false")
+    prompt = f"A koi pond at dawn, ink wash {uuid.uuid4().hex[:8]}"
+    keys: list[str | None] = []
+
+    async def answer_lost_once(route: Route) -> None:
+        keys.append(await route.request.header_value("idempotency-key"))
+        if len(keys) == 1:
+            await route.fetch()  # the server draws and stores it; its answer never reaches the page
+            await route.abort("connectionreset")
+        else:
+            await route.continue_()
+
+    await page.route("**/api/generateImage", answer_lost_once)
+    await page.fill("#prompt", prompt)
+    await page.click("#generate")
+    await expect(page.locator("#error")).to_contain_text("could not be reached")
+    await page.click("#generate")
+    gallery = page.locator("#gallery li.tile", has=page.locator(f'img[alt="{prompt}"]'))
+    await expect(gallery).to_have_count(1)
+    async with httpx.AsyncClient(base_url=served_app.url, timeout=30) as http:
+        stored = (await http.get("/api/getImages", params={"limit": 500})).json()["imageUrls"]
+    assert [image["prompt"] for image in stored].count(prompt) == 1
+    assert keys[0] and keys[1] == keys[0]
+
+    # A new picture of the same prompt, once the first has arrived, is a new request.
+    await page.fill("#prompt", prompt)
+    await page.click("#generate")
+    await expect(gallery).to_have_count(2)
+    assert keys[2] and keys[2] != keys[0]
+
+
+async def test_a_retry_while_the_first_attempt_is_still_drawn_says_so_in_plain_words(page: Page, served_app: ServedApp):
+    # The server's 409 in_progress names the Idempotency-Key, which the user never saw.
+    await page.goto(served_app.url + "/")
+    await page.route("**/api/generateImage", lambda route: route.fulfill(status=409, json={
+        "error": "A request with this Idempotency-Key is still running; retry later.", "code": "in_progress",
+    }))
+    await page.fill("#prompt", "A koi pond at dawn, ink wash")
+    await page.click("#generate")
+    await expect(page.locator("#error")).to_have_text(
+        "Your picture is still being drawn; click Generate again in a moment to get it."
+    )
+    await expect(page.locator("#prompt")).to_have_value("A koi pond at dawn, ink wash")

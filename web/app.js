@@ -60,6 +60,9 @@ const state = {
   sasRenewAt: 0,
   loadingPage: false,
   generating: false,
+  // The prompt of a generation whose outcome is not known to the page, and its Idempotency-Key:
+  // Generate again with the same prompt is a retry of it, not a second picture.
+  attempt: null, // { prompt, key } | null
   viewerReturnFocus: null,
   viewerPressOnBackdrop: false,
 };
@@ -107,8 +110,11 @@ class ApiError extends Error {
  * fetch `${base}/api/${path}` and return its JSON (or trimmed text with as: 'text').
  * Every failure becomes an ApiError with a sentence to show.
  */
-async function request(path, { method = 'GET', json, as = 'json', timeoutMs = TIMEOUT_MS.default } = {}) {
-  const init = { method, headers: { Accept: as === 'json' ? 'application/json' : 'text/plain' } };
+async function request(
+  path,
+  { method = 'GET', json, as = 'json', timeoutMs = TIMEOUT_MS.default, headers = {} } = {},
+) {
+  const init = { method, headers: { Accept: as === 'json' ? 'application/json' : 'text/plain', ...headers } };
   if (json !== undefined) {
     init.headers['Content-Type'] = 'application/json';
     init.body = JSON.stringify(json);
@@ -175,9 +181,14 @@ const api = {
   /** A read-only SAS for the container: { sasToken, containerUrl, expiresOn }. */
   sas: () => request('sasToken'),
 
-  /** Draw and store one picture: the 201 answer. */
-  generate: (prompt) =>
-    request('generateImage', { method: 'POST', json: { prompt }, timeoutMs: TIMEOUT_MS.model }),
+  /** Draw and store one picture: the 201 answer. A repeat with the same key gets the first one's. */
+  generate: (prompt, idempotencyKey) =>
+    request('generateImage', {
+      method: 'POST',
+      json: { prompt },
+      headers: { 'Idempotency-Key': idempotencyKey },
+      timeoutMs: TIMEOUT_MS.model,
+    }),
 };
 
 // ---------------------------------------------------------------------------
@@ -392,16 +403,28 @@ async function generate() {
   clearError();
   state.generating = true;
   renderGenerating();
+  if (state.attempt?.prompt !== prompt) state.attempt = { prompt, key: newIdempotencyKey() };
   try {
-    const created = await api.generate(prompt);
+    const created = await api.generate(prompt, state.attempt.key);
+    state.attempt = null; // the picture arrived: the same prompt again asks for another one
     addImages([{ prompt, ...created }], { prepend: true });
     els.prompt.value = '';
   } catch (error) {
-    showError(error);
+    if (error instanceof ApiError && error.code === 'in_progress') {
+      showError('Your picture is still being drawn; click Generate again in a moment to get it.');
+    } else {
+      showError(error);
+    }
   } finally {
     state.generating = false;
     renderGenerating();
   }
+}
+
+/** A key unique to one picture asked for. getRandomValues, unlike randomUUID, works on plain http too. */
+function newIdempotencyKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (byte) => byte.toString(16).padStart(2, '0')).join('');
 }
 
 function useSuggestion() {
