@@ -233,3 +233,18 @@ async def test_a_retry_while_the_first_attempt_is_still_drawn_says_so_in_plain_w
         "Your picture is still being drawn; click Generate again in a moment to get it."
     )
     await expect(page.locator("#prompt")).to_have_value("A koi pond at dawn, ink wash")
+
+
+async def test_a_rate_limited_generation_says_how_long_to_wait(page: Page, served_app: ServedApp):
+    # The model service's 429 as the API passes it on: a sentence that says "later", and the
+    # wait in Retry-After, which the page turns into words.
+    await page.goto(served_app.url + "/")
+    rate_limited = {"error": "The model service is rate limiting requests; try again later.", "code": "rate_limited"}
+    await page.route("**/api/generateImage", lambda route: route.fulfill(
+        status=429, json=rate_limited, headers={"Retry-After": "30", "Access-Control-Expose-Headers": "Retry-After"},
+    ))
+    await page.fill("#prompt", "A koi pond at dawn, ink wash")
+    await page.click("#generate")
+    await expect(page.locator("#error")).to_have_text(
+        "The model service is rate limiting requests; try again later. Wait about 30 seconds before trying again."
+    )

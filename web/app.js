@@ -164,7 +164,20 @@ async function errorFromResponse(response) {
       ? body.error.trim()
       : `Something went wrong on the server (HTTP ${response.status}). Please try again.`;
   const code = typeof body?.code === 'string' ? body.code : 'http_error';
-  return new ApiError(message, { status: response.status, code });
+  return new ApiError(message + waitHint(response), { status: response.status, code });
+}
+
+/**
+ * For a 429 whose Retry-After is a short wait (the model service's), how long to wait: the
+ * server's sentence says only "later", and a click before then waits out the SDK's retries for
+ * another 429. A wait of an hour or more is the daily cap's, whose sentence names midnight UTC.
+ */
+function waitHint(response) {
+  const seconds = Number(response.headers.get('Retry-After'));
+  if (response.status !== 429 || !Number.isInteger(seconds) || seconds < 1 || seconds >= 3600) return '';
+  const minutes = Math.round(seconds / 60);
+  const wait = seconds < 90 ? `${seconds} second${seconds === 1 ? '' : 's'}` : `${minutes} minutes`;
+  return ` Wait about ${wait} before trying again.`;
 }
 
 const api = {
