@@ -553,3 +553,33 @@ async def test_the_command_says_where_to_sign_in_when_no_sign_in_succeeds(model_
         "(`az login` on a workstation), as an identity with Storage Blob Data Contributor on the account. "
         "Run again: it resumes where this run stopped."
     )
+
+
+@pytest.mark.parametrize(("setting", "value", "how"), [
+    ("AzureWebJobsStorage__managedIdentityResourceId",
+     "/subscriptions/0/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/gallery",
+     "as the managed identity AzureWebJobsStorage__managedIdentityResourceId names, which signs in on Azure alone "
+     "(on a workstation, unset that setting and `az login`)"),
+    ("AZURE_TOKEN_CREDENTIALS", "ManagedIdentityCredential",
+     "with DefaultAzureCredential as AZURE_TOKEN_CREDENTIALS=ManagedIdentityCredential narrows it, without "
+     "`az login` (a managed identity signs in on Azure alone; on a workstation, unset that setting and `az login`)"),
+])
+async def test_the_command_names_the_sign_in_the_settings_choose_when_it_fails(model_server, setting, value, how):
+    # Settings copied from the Function App make the migration sign in as its managed identity
+    # alone: `az login` on its own would not help, so the message says what would.
+    process = await asyncio.create_subprocess_exec(
+        *command("--dry-run"), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={
+            **ROOT_ENV,
+            "VISIONARY_STORAGE_ACCOUNT_URL": "https://127.0.0.1:9/devstoreaccount1",
+            "IDENTITY_ENDPOINT": f"{model_server.url}/msi/token",
+            "IDENTITY_HEADER": "not-the-header-the-identity-endpoint-wants",
+            setting: value,
+        },
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=120)
+
+    assert process.returncode == 1 and stdout == b""
+    assert stderr.decode().splitlines()[-1] == (
+        f"Stopped: the sign-in to storage failed: the migration signs in {how}, as an identity with "
+        "Storage Blob Data Contributor on the account. Run again: it resumes where this run stopped."
+    )

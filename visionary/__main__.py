@@ -209,13 +209,15 @@ def migrate(config: HostConfig, dry_run: bool) -> int:
     if isinstance(sys.stdout, io.TextIOWrapper):  # a stream put in its place may have no reconfigure()
         sys.stdout.reconfigure(errors="backslashreplace")  # a prompt's emoji on a console that cannot show it
     try:
-        report = asyncio.run(_migrate(Settings.from_env().require_storage(), dry_run))
+        storage = Settings.from_env().require_storage()
+        report = asyncio.run(_migrate(storage, dry_run))
         print(report.summary(), flush=True)
     except ApiError as error:
         print(error.message, file=sys.stderr)
         return 1
     except AzureError as error:
-        print(f"Stopped: {describe(error)}. Run again: it resumes where this run stopped.", file=sys.stderr)
+        print(f"Stopped: {describe(error, storage.identity)}. Run again: it resumes where this run stopped.",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("Interrupted. Run again: it resumes where this run stopped.", file=sys.stderr)

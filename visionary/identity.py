@@ -17,6 +17,9 @@ if TYPE_CHECKING:  # azure-identity is loaded for keyless operation only
 
 CLIENT_ID_SETTINGS = ("AZURE_CLIENT_ID", "AzureWebJobsStorage__clientId")
 RESOURCE_ID_SETTING = "AzureWebJobsStorage__managedIdentityResourceId"
+# azure-identity's setting narrowing DefaultAzureCredential's chain; these values keep `az login` in it
+TOKEN_CREDENTIALS_SETTING = "AZURE_TOKEN_CREDENTIALS"
+_WITH_AZ_LOGIN = ("", "dev", "azureclicredential")
 
 
 @dataclass(frozen=True)
@@ -56,3 +59,16 @@ def azure_credential(identity: ManagedIdentity) -> AsyncTokenCredential:
     if identity.client_id:
         return DefaultAzureCredential(managed_identity_client_id=identity.client_id)
     return DefaultAzureCredential()
+
+
+def how_it_signs_in(identity: ManagedIdentity, environ: Mapping[str, str]) -> str:
+    """How `azure_credential` signs in, for an operator whose sign-in failed: `az login` helps
+    only where the chain still holds it, and a managed identity signs in on Azure alone."""
+    if identity.resource_id:
+        return (f"as the managed identity {RESOURCE_ID_SETTING} names, which signs in on Azure alone "
+                "(on a workstation, unset that setting and `az login`)")
+    narrowed = environ.get(TOKEN_CREDENTIALS_SETTING, "").strip()
+    if narrowed.lower() in _WITH_AZ_LOGIN:  # read as azure-identity reads it
+        return "with DefaultAzureCredential (`az login` on a workstation)"
+    return (f"with DefaultAzureCredential as {TOKEN_CREDENTIALS_SETTING}={narrowed} narrows it, without `az login` "
+            "(a managed identity signs in on Azure alone; on a workstation, unset that setting and `az login`)")

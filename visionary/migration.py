@@ -30,6 +30,7 @@ as it comes, then the report's `summary()`.
 from __future__ import annotations
 
 import hashlib
+import os
 import unicodedata
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -49,6 +50,7 @@ from azure.storage.blob import BlobProperties, ContentSettings
 from azure.storage.blob.aio import ContainerClient
 
 from visionary import naming
+from visionary.identity import ManagedIdentity, how_it_signs_in
 from visionary.images import MAX_IMAGE_BYTES, image_type
 from visionary.storage import (
     CACHE_CONTROL,
@@ -140,24 +142,31 @@ async def migrate(
     return report
 
 
-def describe(error: AzureError) -> str:
+def describe(error: AzureError, identity: ManagedIdentity = ManagedIdentity()) -> str:
     """A storage failure in a few words: its status and code, never a URL, key or message body.
 
     A refusal or a failed sign-in says what to mend where the command runs (a workstation, as
     a rule), where the app's own log line points at the Function App's managed identity.
+    `identity` is the one the settings name, which decides how the migration signs in.
     """
     if isinstance(error, ResourceModifiedError):
         return "it changed while it was being moved; run again"
+    if _signing_in(error):  # from the credential: storage was never asked
+        return (f"the sign-in to storage failed: the migration signs in {how_it_signs_in(identity, os.environ)}, "
+                "as an identity with Storage Blob Data Contributor on the account")
     if _refused(error):
         if error_code(error) == "AuthorizationPermissionMismatch":  # Azure's answer to a missing role
             return (f"{describe_failure(error)}: the identity signed in may not move pictures; "
                     "give it Storage Blob Data Contributor on the account")
         return (f"{describe_failure(error)}: storage refused these credentials or this machine "
                 "(check the key, the sign-in, and the account's firewall)")
-    if isinstance(error, ClientAuthenticationError):  # from the credential: storage was never asked
-        return ("the sign-in to storage failed: the migration signs in with DefaultAzureCredential "
-                "(`az login` on a workstation), as an identity with Storage Blob Data Contributor on the account")
     return describe_failure(error)
+
+
+def _signing_in(error: AzureError) -> bool:
+    """The credential failed, not storage: no answer, or an identity endpoint's (IMDS's, a proxy's
+    in its place) 401 or 403, which carries none of the error codes storage answers with."""
+    return isinstance(error, ClientAuthenticationError) and (error.response is None or error_code(error) is None)
 
 
 def _refused(error: AzureError) -> TypeGuard[HttpResponseError]:
