@@ -14,7 +14,7 @@ from azure.storage.blob import generate_container_sas
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 from PIL import Image
 
-from tests.azurite import ACCOUNT, KEY, ROOT, Azurite
+from tests.azurite import ACCOUNT, KEY, ROOT, Azurite, free_port
 from tests.conftest import ROOT_ENV, blob_names, png_bytes
 from tests.lossy_storage import LossyStorage
 from tests.served import NO_LOCAL_SETTINGS
@@ -531,6 +531,22 @@ async def test_the_command_says_what_storage_answered_and_never_the_key(
         "(check the key, the sign-in, and the account's firewall). Run again: it resumes where this run stopped.\n"
     )
     assert wrong_key not in result.stderr
+
+
+async def test_the_command_says_to_start_azurite_when_nothing_answers_at_its_address(container: ContainerClient):
+    # Azurite not started yet: running again alone would meet the same closed port.
+    port = free_port()
+    connection_string = (f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT};AccountKey={KEY};"
+                         f"BlobEndpoint=http://127.0.0.1:{port}/{ACCOUNT};")
+
+    result = run_cli(connection_string, container, "--dry-run")
+
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr == (
+        f"Stopped: storage could not be reached at 127.0.0.1:{port}: is Azurite running? Start it (make run starts "
+        f"it on port 10000 with the app; npx azurite-blob --blobPort {port} --location .azurite --skipApiVersionCheck "
+        "--disableTelemetry on any port). Run again: it resumes where this run stopped.\n"
+    )
 
 
 async def test_the_command_says_where_to_sign_in_when_no_sign_in_succeeds(model_server):

@@ -45,6 +45,7 @@ from azure.core.exceptions import (
     ResourceExistsError,
     ResourceModifiedError,
     ResourceNotFoundError,
+    ServiceRequestError,
 )
 from azure.storage.blob import BlobProperties, ContentSettings
 from azure.storage.blob.aio import ContainerClient
@@ -154,6 +155,8 @@ def describe(error: AzureError, identity: ManagedIdentity = ManagedIdentity()) -
     if _signing_in(error):  # from the credential: storage was never asked
         return (f"the sign-in to storage failed: the migration signs in {how_it_signs_in(identity, os.environ)}, "
                 "as an identity with Storage Blob Data Contributor on the account")
+    if isinstance(error, ServiceRequestError):  # no connection: nothing there, or no way there
+        return _unreachable(error)
     if _refused(error):
         if error_code(error) == "AuthorizationPermissionMismatch":  # Azure's answer to a missing role
             return (f"{describe_failure(error)}: the identity signed in may not move pictures; "
@@ -161,6 +164,21 @@ def describe(error: AzureError, identity: ManagedIdentity = ManagedIdentity()) -
         return (f"{describe_failure(error)}: storage refused these credentials or this machine "
                 "(check the key, the sign-in, and the account's firewall)")
     return describe_failure(error)
+
+
+def _unreachable(error: ServiceRequestError) -> str:
+    """Where storage was sought, and what to start or check: a closed local port is Azurite not started."""
+    # azure-core's aiohttp transport keeps aiohttp's error, which names the host and port.
+    host, port = getattr(error.inner_exception, "host", None), getattr(error.inner_exception, "port", None)
+    if not (isinstance(host, str) and isinstance(port, int)):
+        return f"{describe_failure(error)}: check the storage settings and this machine's network"
+    where = f"storage could not be reached at {f'[{host}]' if ':' in host else host}:{port}"
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return (f"{where}: is Azurite running? Start it (make run starts it on port 10000 with the app; "
+                f"npx azurite-blob --blobPort {port} --location .azurite --skipApiVersionCheck --disableTelemetry "
+                "on any port)")
+    return (f"{where}: check that the storage settings name the account (its name, URL or connection string), "
+            "and this machine's network, DNS and proxy")
 
 
 def _signing_in(error: AzureError) -> bool:
