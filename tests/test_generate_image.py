@@ -176,13 +176,21 @@ async def test_an_identity_without_its_role_on_azure_openai_is_told_which_role_i
         assert "Cognitive Services OpenAI User" in answer.json()["error"], answer.json()
 
 
+async def test_a_key_openai_refuses_is_told_to_check_the_key_and_no_azure_role(api: Api, openai_env: OpenAIServer):
+    # OpenAI has no Cognitive Services roles: the key is all there is to check.
+    openai_env.behaviour.error = "bad_key"
+    for answer in (await api.generate({"prompt": PROMPT}), await api.suggest()):
+        assert (answer.status, answer.json()["code"]) == (502, "upstream_error")
+        assert answer.json()["error"] == "The model service refused our credentials; check OPENAI_API_KEY."
+
+
 async def test_a_model_the_account_may_not_use_is_a_refusal_of_our_credentials_not_a_blip(
     api: Api, openai_env: OpenAIServer, container
 ):
     openai_env.behaviour.error = "unverified_organization"  # a 403: no retry mends it
     answer = await api.generate({"prompt": PROMPT})
     assert (answer.status, answer.json()["code"]) == (502, "upstream_error")
-    assert answer.json()["error"].startswith("The model service refused our credentials; check the API key setting")
+    assert answer.json()["error"].startswith("The model service refused our credentials; check OPENAI_API_KEY")
     assert len(openai_env.model_calls()) == 1 and await blob_names(container) == []
 
 

@@ -20,7 +20,7 @@ import httpx
 import pybase64
 
 from visionary.errors import ApiError
-from visionary.models import MALFORMED_ANSWER, call_model, capped_body, is_refusal, json_answer
+from visionary.models import MALFORMED_ANSWER, call_model, capped_body, credentials_hint, is_refusal, json_answer
 from visionary.text import without_forbidden
 
 if TYPE_CHECKING:
@@ -87,7 +87,9 @@ class ModelImages:
 
     async def generate(self, prompt: str, size: str) -> GeneratedImage:
         # One deadline, one error mapping: the model call, its retries and a download together.
-        return await call_model(lambda: self._draw(prompt, size), self._deadline, "image model and size")
+        return await call_model(
+            lambda: self._draw(prompt, size), self._deadline, "image model and size", credentials_hint(self._client)
+        )
 
     async def _draw(self, prompt: str, size: str) -> GeneratedImage:
         # The SDK asks (its retries, sign-in and errors); the answer is read, capped, and parsed here.

@@ -189,10 +189,19 @@ def _out_of_credit(body: object) -> bool:
     return error is not None and (error.get("type") in OUT_OF_CREDIT or error.get("code") in OUT_OF_CREDIT)
 
 
+def credentials_hint(client: openai.AsyncOpenAI) -> str:
+    """What signs the client's requests in, to check when the service refuses them (401, 403):
+    the Cognitive Services role exists on Azure OpenAI alone."""
+    if isinstance(client, openai.AsyncAzureOpenAI):
+        return "AZURE_OPENAI_API_KEY, or without a key, the app identity's Cognitive Services OpenAI User role"
+    return "OPENAI_API_KEY"
+
+
 async def call_model(
     call: Callable[[], Awaitable[T]],
     deadline: float,
     settings_hint: str,
+    credentials: str,
     refused: Callable[[], ApiError] = ApiError.content_policy_violation,
 ) -> T:
     """Run a model call (with what depends on it, such as downloading its picture) within
@@ -201,7 +210,8 @@ async def call_model(
     The SDK has already made its bounded retries (429, 5xx, timeouts) by the time
     an exception reaches here. `refused` is the error for a content-policy refusal:
     the caller knows whether its user wrote the prompt. `settings_hint` names the settings
-    that make the request, for a 400 no retry mends.
+    that make the request, for a 400 no retry mends; `credentials` what signs it in
+    (`credentials_hint`), for a 401 or 403.
     """
     try:
         async with asyncio.timeout(deadline):
@@ -221,16 +231,16 @@ async def call_model(
         raise _broken_body(error) from None
     except openai.RateLimitError as error:
         if _out_of_credit(error.body):  # OpenAI's 429 for an account out of credit: no wait helps
-            raise _upstream(error, settings_hint) from None
+            raise _upstream(error, settings_hint, credentials) from None
         raise ApiError.rate_limited(
             "The model service is rate limiting requests; try again later.", retry_after(error.response.headers)
         ) from None
     except openai.BadRequestError as error:
         if _refused(error):
             raise refused() from None
-        raise _upstream(error, settings_hint) from None
+        raise _upstream(error, settings_hint, credentials) from None
     except openai.APIStatusError as error:
-        raise _upstream(error, settings_hint) from None
+        raise _upstream(error, settings_hint, credentials) from None
     except ClientAuthenticationError as error:
         # Keyless Azure OpenAI: the app's identity got no token (none assigned, or the
         # identity endpoint failed). An azure-core error, but not a storage outage.
@@ -338,7 +348,7 @@ def _connection_failure(error: Exception) -> aiohttp.ClientConnectionError | Non
     return None
 
 
-def _upstream(error: openai.APIStatusError, settings_hint: str) -> ApiError:
+def _upstream(error: openai.APIStatusError, settings_hint: str, credentials: str) -> ApiError:
     log.warning("model service answered %d (%s)", error.status_code, _loggable(_code(error)))
     if _out_of_credit(error.body):
         return ApiError.upstream_error(
@@ -346,8 +356,7 @@ def _upstream(error: openai.APIStatusError, settings_hint: str) -> ApiError:
         )
     if error.status_code in (401, 403):
         return ApiError.upstream_error(
-            "The model service refused our credentials; check the API key setting, or without a key, "
-            "the app identity's Cognitive Services OpenAI User role."
+            f"The model service refused our credentials; check {credentials}."
         )
     if error.status_code == 404:
         return ApiError.upstream_error("The model service does not know the configured model or deployment.")

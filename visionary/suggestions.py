@@ -11,7 +11,7 @@ import re
 from typing import TYPE_CHECKING, Any, Protocol
 
 from visionary.errors import ApiError
-from visionary.models import MALFORMED_ANSWER, call_model, json_answer
+from visionary.models import MALFORMED_ANSWER, call_model, credentials_hint, json_answer
 from visionary.text import without_forbidden
 
 if TYPE_CHECKING:
@@ -104,6 +104,7 @@ class ChatSuggestions:
             self._ask,
             self._deadline,
             "suggestion model",
+            credentials_hint(self._client),
             # Our own request was refused, not the user's words: nothing for them to rephrase.
             refused=lambda: ApiError.upstream_error("The chat model declined to suggest a prompt; try again."),
         )
