@@ -103,8 +103,7 @@ def serve_app(config: HostConfig, host: str, port: int) -> int:
     application.middlewares.append(_tracked(under_way))
     application.on_shutdown.append(lambda _: _say_stopping(under_way))  # the requests may take minutes
     application.on_cleanup.append(lambda _: clients.close_all())
-    address = f"[{host}]" if ":" in host else host  # an IPv6 address, as a URL writes it
-    print(f"VisionaryAI on http://{address}:{port}  (API under /{config.route_prefix}, gallery at /)",
+    print(f"VisionaryAI on {_url(host, port)}  (API under /{config.route_prefix}, gallery at /)",
           flush=True)
     web.run_app(application, host=host, port=port, print=None, access_log=None)
     return 0
@@ -140,9 +139,8 @@ def run_stack(
     """Azurite with its data under .azurite/ (the gallery survives a restart), then the host."""
     if _taken("127.0.0.1", azurite_port):
         if _taken(host, port):  # make run started twice: serving alone would meet the app's port taken too
-            address = f"[{host}]" if ":" in host else host
             print(f"Ports {azurite_port} (Azurite's) and {port} are already in use: if make run is running in another "
-                  f"terminal, the app is at http://{address}:{port}; else stop what holds them.", file=sys.stderr)
+                  f"terminal, the app is at {_url(host, port)}; else stop what holds them.", file=sys.stderr)
             return 1
         print(f"Port {azurite_port}, Azurite's, is already in use. If an Azurite is running there, serve the app "
               "alone against it: .venv/bin/python -m visionary serve", file=sys.stderr)
@@ -276,6 +274,11 @@ async def _say_stopping(under_way: set[asyncio.Task]) -> None:
             loop.add_signal_handler(number, stop_now)
     print("Stopping: finishing the requests under way (a model may take minutes; Ctrl-C again drops them).",
           flush=True)
+
+
+def _url(host: str, port: int) -> str:
+    """The app's address as a browser takes it (an IPv6 address in brackets)."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _taken(host: str, port: int) -> str | None:
