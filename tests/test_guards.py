@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import httpx
 import pytest
@@ -665,6 +666,18 @@ async def test_a_malformed_key_is_a_400(api: Api, keyed_env: OpenAIServer, key: 
     assert keyed_env.model_calls() == []
 
 
+@asynccontextmanager
+async def ledger_on(container_name: str, **options: Any) -> AsyncIterator[IdempotencyLedger]:
+    """A ledger on storage as the settings reach it (here, through the lossy proxy). Its
+    background retries and clean-ups stop when the test is done with it: tests share one loop."""
+    async with open_service_client(Settings.from_env().require_storage()) as service:
+        ledger = IdempotencyLedger(service.get_container_client(container_name), **options)
+        try:
+            yield ledger
+        finally:
+            ledger.late_writes.cancel()
+
+
 async def test_a_claim_whose_answer_was_lost_is_still_ours(lossy_storage: LossyStorage, container_name: str):
     calls = []
 
@@ -672,8 +685,7 @@ async def test_a_claim_whose_answer_was_lost_is_still_ours(lossy_storage: LossyS
         calls.append(1)
         return {"drawn": len(calls)}
 
-    async with open_service_client(Settings.from_env().require_storage()) as service:
-        ledger = IdempotencyLedger(service.get_container_client(container_name), wait_seconds=1, timeout=10)
+    async with ledger_on(container_name, wait_seconds=1, timeout=10) as ledger:
         lossy_storage.lose_answer("PUT", "/idempotency/", conditional=False)  # the create-only claim
         assert await ledger.once("order-44", "prompt", work) == {"drawn": 1}  # not 409 in_progress
         assert await ledger.once("order-44", "prompt", work) == {"drawn": 1}
@@ -691,17 +703,12 @@ async def test_a_claim_storage_made_after_its_request_gave_up_is_removed(
         calls.append(1)
         return {"drawn": len(calls)}
 
-    async with open_service_client(Settings.from_env().require_storage()) as service:
-        container = service.get_container_client(container_name)
-        ledger = IdempotencyLedger(container, wait_seconds=5, poll_seconds=0.1, timeout=0.5)
-        try:
-            lossy_storage.delay_answer("PUT", "/idempotency/", 1.0, conditional=False)
-            with pytest.raises(TimeoutError):
-                await ledger.once("order-45", "prompt", work)
-            assert calls == []
-            assert await ledger.once("order-45", "prompt", work) == {"drawn": 1}  # not 409 in_progress
-        finally:
-            ledger.late_writes.cancel()
+    async with ledger_on(container_name, wait_seconds=5, poll_seconds=0.1, timeout=0.5) as ledger:
+        lossy_storage.delay_answer("PUT", "/idempotency/", 1.0, conditional=False)
+        with pytest.raises(TimeoutError):
+            await ledger.once("order-45", "prompt", work)
+        assert calls == []
+        assert await ledger.once("order-45", "prompt", work) == {"drawn": 1}  # not 409 in_progress
 
 
 async def test_the_clean_up_of_a_claim_that_never_reached_storage_leaves_the_next_owners_claim(
@@ -717,16 +724,12 @@ async def test_the_clean_up_of_a_claim_that_never_reached_storage_leaves_the_nex
         await asyncio.sleep(1.5)  # still drawing when the clean-up first looks
         return {"drawn": len(calls)}
 
-    async with open_service_client(Settings.from_env().require_storage()) as service:
-        ledger = IdempotencyLedger(service.get_container_client(container_name), timeout=0.5)
-        try:
-            lossy_storage.drop("PUT", "/idempotency/", 1.0)
-            with pytest.raises(TimeoutError):
-                await ledger.once("order-47", "prompt", work)
-            assert await ledger.once("order-47", "prompt", work) == {"drawn": 1}
-            assert await ledger.once("order-47", "prompt", work) == {"drawn": 1}
-        finally:
-            ledger.late_writes.cancel()
+    async with ledger_on(container_name, timeout=0.5) as ledger:
+        lossy_storage.drop("PUT", "/idempotency/", 1.0)
+        with pytest.raises(TimeoutError):
+            await ledger.once("order-47", "prompt", work)
+        assert await ledger.once("order-47", "prompt", work) == {"drawn": 1}
+        assert await ledger.once("order-47", "prompt", work) == {"drawn": 1}
     assert calls == [1]
 
 
@@ -745,19 +748,13 @@ async def test_a_failed_requests_key_is_freed_once_storage_answers_again(
         calls.append(1)
         return {"drawn": len(calls)}
 
-    async with open_service_client(Settings.from_env().require_storage()) as service:
-        ledger = IdempotencyLedger(
-            service.get_container_client(container_name), wait_seconds=8, poll_seconds=0.1, timeout=0.5
-        )
-        try:
-            with pytest.raises(ApiError) as failed:
-                await ledger.once("order-48", "prompt", fails)
-            assert failed.value.code == "upstream_error"  # the request's own error, not storage's
-            started = time.monotonic()
-            assert await ledger.once("order-48", "prompt", work) == {"drawn": 1}  # not 409 in_progress
-            assert time.monotonic() - started < 4  # freed at the clean-up's first look, a second on
-        finally:
-            ledger.late_writes.cancel()
+    async with ledger_on(container_name, wait_seconds=8, poll_seconds=0.1, timeout=0.5) as ledger:
+        with pytest.raises(ApiError) as failed:
+            await ledger.once("order-48", "prompt", fails)
+        assert failed.value.code == "upstream_error"  # the request's own error, not storage's
+        started = time.monotonic()
+        assert await ledger.once("order-48", "prompt", work) == {"drawn": 1}  # not 409 in_progress
+        assert time.monotonic() - started < 4  # freed at the clean-up's first look, a second on
     assert calls == [1]
 
 
@@ -773,16 +770,12 @@ async def test_work_whose_done_record_storage_answers_too_late_still_answers(
         calls.append(1)
         return {"drawn": len(calls)}
 
-    async with open_service_client(Settings.from_env().require_storage()) as service:
-        ledger = IdempotencyLedger(service.get_container_client(container_name), timeout=0.5)
+    async with ledger_on(container_name, timeout=0.5) as ledger:
         lossy_storage.delay_answer("PUT", "/idempotency/", 1.0, conditional=True)  # the "done" write
         assert await ledger.once("order-46", "prompt", work) == {"drawn": 1}
         assert "idempotency marker not recorded as done" in caplog.text
-        try:
-            await asyncio.sleep(0.7)  # the late answer goes by
-            assert await ledger.once("order-46", "prompt", work) == {"drawn": 1}
-        finally:
-            ledger.late_writes.cancel()
+        await asyncio.sleep(0.7)  # the late answer goes by
+        assert await ledger.once("order-46", "prompt", work) == {"drawn": 1}
     assert calls == [1]
 
 
@@ -798,16 +791,10 @@ async def test_an_answer_storage_could_not_record_is_recorded_once_it_answers_ag
         lossy_storage.drop("PUT", "/idempotency/", 1.0)  # the "done" write
         return {"drawn": len(calls)}
 
-    async with open_service_client(Settings.from_env().require_storage()) as service:
-        ledger = IdempotencyLedger(
-            service.get_container_client(container_name), stale_after=timedelta(seconds=3), timeout=0.5
-        )
-        try:
-            assert await ledger.once("order-49", "prompt", work) == {"drawn": 1}
-            await asyncio.sleep(3.5)  # the claim would be stale by now
-            assert await ledger.once("order-49", "prompt", work) == {"drawn": 1}
-        finally:
-            ledger.late_writes.cancel()
+    async with ledger_on(container_name, stale_after=timedelta(seconds=3), timeout=0.5) as ledger:
+        assert await ledger.once("order-49", "prompt", work) == {"drawn": 1}
+        await asyncio.sleep(3.5)  # the claim would be stale by now
+        assert await ledger.once("order-49", "prompt", work) == {"drawn": 1}
     assert calls == [1]
 
 
