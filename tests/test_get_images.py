@@ -189,9 +189,19 @@ async def test_a_refused_storage_request_is_logged_with_its_status_and_code(
     assert line == "getImages: storage answered 403 AuthorizationFailure"
 
 
-async def test_a_failed_sign_in_to_storage_is_logged_as_one(api: Api, model_server, monkeypatch, caplog):
+@pytest.mark.parametrize("identity", [
+    {},  # the default chain
+    {"AzureWebJobsStorage__managedIdentityResourceId":  # the identity endpoint's 401 comes back as is
+     "/subscriptions/0/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/gallery"},
+])
+async def test_a_failed_sign_in_to_storage_is_logged_as_one(
+    api: Api, model_server, monkeypatch, caplog, identity: dict[str, str]
+):
     # Keyless storage whose managed identity is refused (no identity, a wrong header): storage
-    # is never reached, and the log must not send the engineer looking for a network fault.
+    # is never reached, and the log must not send the engineer looking for a network fault,
+    # nor read the identity endpoint's 401 as storage's.
+    for setting, value in identity.items():
+        monkeypatch.setenv(setting, value)
     monkeypatch.setenv("VISIONARY_STORAGE_ACCOUNT_URL", "https://127.0.0.1:9/devstoreaccount1")
     monkeypatch.setenv("IDENTITY_ENDPOINT", f"{model_server.url}/msi/token")
     monkeypatch.setenv("IDENTITY_HEADER", "not-the-header-the-identity-endpoint-wants")

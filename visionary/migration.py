@@ -40,7 +40,6 @@ from typing import TypeGuard
 from azure.core import MatchConditions
 from azure.core.exceptions import (
     AzureError,
-    ClientAuthenticationError,
     HttpResponseError,
     ResourceExistsError,
     ResourceModifiedError,
@@ -59,6 +58,7 @@ from visionary.storage import (
     describe_failure,
     encode_metadata,
     error_code,
+    failed_sign_in,
     names_from,
 )
 
@@ -152,7 +152,7 @@ def describe(error: AzureError, identity: ManagedIdentity = ManagedIdentity()) -
     """
     if isinstance(error, ResourceModifiedError):
         return "it changed while it was being moved; run again"
-    if _signing_in(error):  # from the credential: storage was never asked
+    if failed_sign_in(error):  # from the credential: storage was never asked
         return (f"the sign-in to storage failed: the migration signs in {how_it_signs_in(identity, os.environ)}, "
                 "as an identity with Storage Blob Data Contributor on the account")
     if isinstance(error, ServiceRequestError):  # no connection: nothing there, or no way there
@@ -179,12 +179,6 @@ def _unreachable(error: ServiceRequestError) -> str:
                 "on any port)")
     return (f"{where}: check that the storage settings name the account (its name, URL or connection string), "
             "and this machine's network, DNS and proxy")
-
-
-def _signing_in(error: AzureError) -> bool:
-    """The credential failed, not storage: no answer, or an identity endpoint's (IMDS's, a proxy's
-    in its place) 401 or 403, which carries none of the error codes storage answers with."""
-    return isinstance(error, ClientAuthenticationError) and (error.response is None or error_code(error) is None)
 
 
 def _refused(error: AzureError) -> TypeGuard[HttpResponseError]:

@@ -484,17 +484,24 @@ def error_code(error: HttpResponseError) -> str | None:
     return getattr(code, "value", code)
 
 
+def failed_sign_in(error: BaseException) -> bool:
+    """The credential failed, and storage was never asked: no answer at all, or an identity
+    endpoint's 401 or 403 (IMDS's, App Service's), which carries none of the error codes
+    storage answers with."""
+    return isinstance(error, ClientAuthenticationError) and (error.response is None or error_code(error) is None)
+
+
 def describe_failure(error: BaseException) -> str:
     """A storage failure in a few words for a log line: status and code, never a URL, key or body.
 
     On Azure the common keyless mistakes (a missing role: 403 AuthorizationPermissionMismatch;
     shared keys turned off: 403 KeyBasedAuthenticationNotPermitted) differ only by code.
     """
+    if failed_sign_in(error):
+        return "the sign-in to storage failed: check the Function App's managed identity"
     if isinstance(error, HttpResponseError) and error.status_code:
         code = error_code(error) or ""
         return f"storage answered {error.status_code} {code}".rstrip()
-    if isinstance(error, ClientAuthenticationError):  # from the credential: storage was never asked
-        return "the sign-in to storage failed: check the Function App's managed identity"
     if isinstance(error, TimeoutError):
         return "storage did not answer within the deadline"
     return f"storage could not be reached ({type(error).__name__})"
