@@ -232,6 +232,11 @@ class Behaviour:
     link: str | None = None  # the image link to answer with, as given (a broken one, say)
     suggestion: str = '"A lighthouse on a cliff at dusk, impressionism, oil painting"'
     finish_reason: str = "stop"  # or "length" (out of tokens), "content_filter" (Azure's output filter)
+    # A service that refuses a chat request holding one of the two token-limit fields, as it
+    # answers: a key of FIELD_REFUSALS.
+    refuses: str | None = None
+    # Chat content as a list of parts, as Mistral's Magistral sends it: its thinking in a part of its own.
+    content_parts: list[dict] | None = None
 
 
 @dataclass
@@ -421,6 +426,10 @@ class OpenAIServer:
             return await _broken_error(request, b.error)
         if b.error in ENDLESS_ERRORS:
             return await self._endless_error(request, ENDLESS_ERRORS[b.error])
+        if b.refuses and FIELD_REFUSALS[b.refuses][0] in (call.body or {}):
+            _, status, body = FIELD_REFUSALS[b.refuses]
+            return web.json_response(body, status=status)
+        content = b.suggestion if b.content_parts is None else b.content_parts
         return web.json_response(
             {
                 "id": f"chatcmpl-{next(self._ids)}",
@@ -430,7 +439,7 @@ class OpenAIServer:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": b.suggestion, "refusal": None},
+                        "message": {"role": "assistant", "content": content, "refusal": None},
                         "logprobs": None,
                         "finish_reason": b.finish_reason,
                     }
@@ -479,6 +488,56 @@ def _json_bytes(answer: dict) -> bytes:
     item["b64_json"] = marker
     head, tail = json.dumps(answer).encode().split(marker.encode())
     return b"".join((head, encoded, tail))
+
+
+# A chat request refused for a field it holds, as the services answer: (the field, status, body).
+FIELD_REFUSALS = {
+    "openai_reasoning_model": (  # o-series and gpt-5 models take only max_completion_tokens
+        "max_tokens",
+        400,
+        {
+            "error": {
+                "message": "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                "Use 'max_completion_tokens' instead.",
+                "type": "invalid_request_error",
+                "param": "max_tokens",
+                "code": "unsupported_parameter",
+            }
+        },
+    ),
+    "mistral": (  # Mistral's API refuses any field it does not know
+        "max_completion_tokens",
+        422,
+        {
+            "object": "error",
+            "message": {
+                "detail": [
+                    {
+                        "type": "extra_forbidden",
+                        "loc": ["body", "max_completion_tokens"],
+                        "msg": "Extra inputs are not permitted",
+                        "input": 1000,
+                    }
+                ]
+            },
+            "type": "invalid_request_error",
+            "param": None,
+            "code": None,
+        },
+    ),
+    "azure_before_2024_09": (  # Azure OpenAI's API versions before 2024-09-01-preview
+        "max_completion_tokens",
+        400,
+        {
+            "error": {
+                "message": "Unrecognized request argument supplied: max_completion_tokens",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": None,
+            }
+        },
+    ),
+}
 
 
 # Error answers whose body breaks: cut off halfway through its declared length, or marked gzip and not.

@@ -133,6 +133,7 @@ async def test_a_chat_request_the_model_refuses_as_made_names_the_suggestion_mod
     answer = await api.suggest()
     assert (answer.status, answer.json()["code"]) == (502, "upstream_error")
     assert "suggestion model settings" in answer.json()["error"] and "size" not in answer.json()["error"]
+    assert len(openai_env.model_calls()) == 1  # a refusal of a field not sent is not asked again
 
 
 async def test_a_picture_azures_output_filter_took_out_is_a_refusal(api: Api, azure_env: OpenAIServer, container):

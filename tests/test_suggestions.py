@@ -2,11 +2,12 @@ import json
 import random
 
 import pytest
+from openai import AsyncOpenAI
 
 from tests.conftest import Api
 from tests.openai_server import OpenAIServer
 from visionary.offline import GENRES, MEDIUMS, OfflineSuggestions
-from visionary.suggestions import INSTRUCTIONS, REQUEST, clean
+from visionary.suggestions import INSTRUCTIONS, REQUEST, clean, token_limit
 
 
 async def test_a_chat_suggestion_is_plain_trimmed_text(api: Api, openai_env: OpenAIServer):
@@ -18,7 +19,8 @@ async def test_a_chat_suggestion_is_plain_trimmed_text(api: Api, openai_env: Ope
     [call] = openai_env.model_calls()
     assert call.path == "/v1/chat/completions"
     assert call.body["model"] == "gpt-5.4-mini"
-    assert 0 < call.body["max_completion_tokens"] <= 2000
+    # A compatible server is bounded by the field all of them read (Ollama reads no other).
+    assert 0 < call.body["max_tokens"] <= 2000 and "max_completion_tokens" not in call.body
     # Our instructions as the system's message, our request as the user's: nothing else.
     assert call.body["messages"] == [
         {"role": "system", "content": INSTRUCTIONS},
@@ -41,6 +43,48 @@ async def test_azure_uses_the_chat_deployment(api: Api, azure_env: OpenAIServer)
     assert answer.text == "A lighthouse on a cliff at dusk, impressionism, oil painting"
     [call] = azure_env.model_calls()
     assert call.path == "/openai/deployments/gallery-chat/chat/completions"
+    # OpenAI's current field, the only one its reasoning models take.
+    assert 0 < call.body["max_completion_tokens"] <= 2000 and "max_tokens" not in call.body
+
+
+@pytest.mark.parametrize(
+    ("base_url", "field"),
+    [
+        ("https://api.openai.com/v1", "max_completion_tokens"),
+        ("https://contoso.openai.azure.com/openai/v1/", "max_completion_tokens"),
+        ("https://contoso.cognitiveservices.azure.com/openai/v1/", "max_completion_tokens"),
+        ("http://localhost:11434/v1", "max_tokens"),  # Ollama
+        ("https://api.mistral.ai/v1", "max_tokens"),
+        ("https://openai.azure.com.example.org/v1", "max_tokens"),
+    ],
+)
+def test_the_token_limit_is_asked_for_as_the_service_reads_it(base_url: str, field: str):
+    assert token_limit(AsyncOpenAI(api_key="sk-test", base_url=base_url)) == field
+
+
+async def test_a_service_that_refuses_max_tokens_is_asked_with_the_other_field(api: Api, openai_env: OpenAIServer):
+    # A reasoning model (gpt-5) behind a gateway of its own address, which the app takes for any server.
+    openai_env.behaviour.refuses = "openai_reasoning_model"
+    answer = await api.suggest()
+    assert answer.status == 200, answer.body
+    refused, answered = openai_env.model_calls()
+    assert "max_tokens" in refused.body and "max_completion_tokens" in answered.body
+    # Remembered: the next suggestion costs one call.
+    openai_env.calls.clear()
+    assert (await api.suggest()).status == 200
+    [call] = openai_env.model_calls()
+    assert "max_completion_tokens" in call.body and "max_tokens" not in call.body
+
+
+@pytest.mark.parametrize("service", ["azure_before_2024_09", "mistral"])
+async def test_a_service_that_refuses_max_completion_tokens_is_asked_with_max_tokens(
+    api: Api, azure_env: OpenAIServer, service: str
+):
+    azure_env.behaviour.refuses = service  # Mistral's 422 names the field in a pydantic error list
+    answer = await api.suggest()
+    assert answer.status == 200, answer.body
+    refused, answered = azure_env.model_calls()
+    assert "max_completion_tokens" in refused.body and "max_tokens" in answered.body
 
 
 async def test_the_suggestion_model_is_a_setting(api: Api, openai_env: OpenAIServer, monkeypatch):
@@ -89,6 +133,24 @@ async def test_a_reasoning_models_thinking_is_not_the_suggestion(api: Api, opena
     answer = await api.suggest()
     assert answer.status == 200, answer.body
     assert answer.text == "A lighthouse on a cliff at dusk, impressionism, oil painting"
+
+
+async def test_a_suggestion_in_parts_is_its_text_without_the_thinking(api: Api, openai_env: OpenAIServer):
+    # Mistral's Magistral: the content a list of parts, the thinking in a part of its own.
+    openai_env.behaviour.content_parts = [
+        {"type": "thinking", "thinking": [{"type": "text", "text": "The user wants a prompt. A lighthouse?"}]},
+        {"type": "text", "text": "A lighthouse on a cliff at dusk, "},
+        {"type": "text", "text": "impressionism, oil painting"},
+    ]
+    answer = await api.suggest()
+    assert answer.status == 200, answer.body
+    assert answer.text == "A lighthouse on a cliff at dusk, impressionism, oil painting"
+
+
+async def test_a_suggestion_in_parts_that_is_all_thinking_is_no_suggestion(api: Api, openai_env: OpenAIServer):
+    openai_env.behaviour.content_parts = [{"type": "thinking", "thinking": [{"type": "text", "text": "A fox?"}]}]
+    answer = await api.suggest()
+    assert answer.status == 502 and answer.json()["code"] == "upstream_error", answer.body
 
 
 async def test_a_reasoning_model_that_never_stopped_thinking_gave_no_suggestion(api: Api, openai_env: OpenAIServer):

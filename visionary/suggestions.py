@@ -8,19 +8,35 @@ word lists.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Literal, Protocol
+
+import openai
 
 from visionary.errors import ApiError
 from visionary.models import MALFORMED_ANSWER, call_model, credentials_hint, json_answer
 from visionary.text import without_forbidden
 
-if TYPE_CHECKING:
-    from openai import AsyncOpenAI
-
 # Reasoning models spend part of this budget thinking; the prompt itself is short.
 MAX_COMPLETION_TOKENS = 1000
 # A chat answer of that many tokens is a few kilobytes; a larger one is no answer of a chat model.
 MAX_ANSWER_BYTES = 1024 * 1024
+# The budget's field, as each service reads it. OpenAI and Azure OpenAI refuse `max_tokens` for
+# their reasoning models; Ollama, LM Studio, Mistral and older llama.cpp read only `max_tokens`
+# (Mistral refuses the other with a 422, Ollama ignores it and a reasoning model thinks unbounded).
+TokenLimit = Literal["max_completion_tokens", "max_tokens"]
+_OTHER_LIMIT: dict[TokenLimit, TokenLimit] = {
+    "max_completion_tokens": "max_tokens",
+    "max_tokens": "max_completion_tokens",
+}
+# Hosts of OpenAI's own models: OpenAI, and Azure OpenAI reached through the plain OpenAI client
+# (its v1 API, https://NAME.openai.azure.com/openai/v1/).
+_OPENAI_HOSTS = re.compile(r"api\.openai\.com|.+\.(openai|cognitiveservices|services\.ai)\.azure\.com")
+# How a service words a field it does not take: OpenAI's "Unsupported parameter", a pydantic
+# server's (Mistral's, vLLM's) "Extra inputs are not permitted", others' "unknown"/"unrecognized".
+_NOT_TAKEN = re.compile(
+    r"unsupported|not supported|not permitted|not allowed|extra|unknown|unrecogni[sz]ed",
+    re.IGNORECASE,
+)
 INSTRUCTIONS = (
     "You write prompts for an AI image generator. Answer with exactly one prompt of at most "
     "40 words and nothing else: no quotes, no preamble."
@@ -93,11 +109,21 @@ def _wrapped_whole(text: str) -> bool:
     )
 
 
+def token_limit(client: openai.AsyncOpenAI) -> TokenLimit:
+    """The field a service is first asked to bound its answer with: OpenAI's current one for
+    OpenAI and Azure OpenAI, the long-standing `max_tokens` that every compatible server reads."""
+    if isinstance(client, openai.AsyncAzureOpenAI) or _OPENAI_HOSTS.fullmatch(client.base_url.host):
+        return "max_completion_tokens"
+    return "max_tokens"
+
+
 class ChatSuggestions:
-    def __init__(self, client: AsyncOpenAI, model: str, deadline: float) -> None:
+    def __init__(self, client: openai.AsyncOpenAI, model: str, deadline: float) -> None:
         self._client = client
         self._model = model
         self._deadline = deadline  # for the model call, all its retries included
+        # Switched, for the life of the process, when the service refuses it.
+        self._token_limit = token_limit(client)
 
     async def suggest(self) -> str:
         completion = await call_model(
@@ -113,6 +139,17 @@ class ChatSuggestions:
         return text
 
     async def _ask(self) -> Any:
+        limit = self._token_limit
+        try:
+            return await self._ask_bounded_by(limit)
+        except (openai.BadRequestError, openai.UnprocessableEntityError) as error:
+            if not _refuses_field(error, limit):
+                raise
+        # A gateway or a model that takes the other field: ask once more, and from now on, that way.
+        self._token_limit = _OTHER_LIMIT[limit]
+        return await self._ask_bounded_by(self._token_limit)
+
+    async def _ask_bounded_by(self, limit: TokenLimit) -> Any:
         # The SDK asks (its retries, sign-in and errors); the answer is read, capped, and parsed here.
         request = self._client.chat.completions.with_streaming_response.create(
             model=self._model,
@@ -120,9 +157,15 @@ class ChatSuggestions:
                 {"role": "system", "content": INSTRUCTIONS},
                 {"role": "user", "content": REQUEST},
             ],
-            max_completion_tokens=MAX_COMPLETION_TOKENS,
+            extra_body={limit: MAX_COMPLETION_TOKENS},
         )
         return await json_answer(request, MAX_ANSWER_BYTES, _too_large)
+
+
+def _refuses_field(error: openai.APIStatusError, field: str) -> bool:
+    """Whether an error answer refuses the request for holding `field`, not for its value."""
+    said = f"{error.message} {error.body}"
+    return field in said and (error.code == "unsupported_parameter" or _NOT_TAKEN.search(said) is not None)
 
 
 def _too_large() -> ApiError:
@@ -135,13 +178,24 @@ def _first_text(completion: Any) -> str:
     a content filter: a fragment is no prompt), or when it holds no letter or digit at all."""
     try:
         choice = completion["choices"][0]
-        content, finish_reason = choice["message"]["content"], choice.get("finish_reason")
+        content, finish_reason = _text_of(choice["message"]["content"]), choice.get("finish_reason")
     except MALFORMED_ANSWER:
         return ""
-    if not isinstance(content, str) or finish_reason in CUT_SHORT:
+    if content is None or finish_reason in CUT_SHORT:
         return ""
     text = clean(_after_thinking(content))
     return text if any(ch.isalnum() for ch in text) else ""
+
+
+def _text_of(content: object) -> str | None:
+    """A message's text: the content itself, or its text parts when it is a list of parts, as
+    Mistral's reasoning models (Magistral) send it, their thinking in a part of its own."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = (part["text"] for part in content if part.get("type") == "text")
+        return "".join(text for text in texts if isinstance(text, str))
+    return None
 
 
 def _after_thinking(content: str) -> str:
