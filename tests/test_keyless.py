@@ -190,11 +190,14 @@ async def test_a_delegation_key_is_reused_only_for_links_that_end_before_it(
     # expiry says: a key reused until just before its end would sign links that die early.
     now = datetime.now(timezone.utc)
     signer = UserDelegationSigner(gallery_links(oauth_azurite), identity_storage, clock=lambda: now)
-    links = []
+    links, handed_out = [], []
     for _ in range(24):  # a link every five minutes for two hours
         links.append(await signed_link(signer))
+        handed_out.append(now)
         now += timedelta(minutes=5)
     assert all(_utc(link["skt"]) <= _utc(link["st"]) < _utc(link["se"]) <= _utc(link["ske"]) for link in links)
+    # each a link of its own time (the signer keeps its last link): alive for the TTL from then
+    assert all(_utc(link["se"]) - time >= timedelta(minutes=30) for link, time in zip(links, handed_out))
     assert len({link["ske"] for link in links}) <= 3  # and a key still serves many links
 
 

@@ -4,7 +4,8 @@ Two signers share one shape: `AccountKeySigner` makes a service SAS from the
 account key; the managed-identity path makes a user-delegation SAS. Both are
 read-only, container-scoped, HTTPS-only whenever the account endpoint is HTTPS,
 and signed for windows handed out in steps (`SasPolicy.window`), so that links
-stay the same, and cached, from one gallery refresh to the next.
+stay the same, and cached, from one gallery refresh to the next. As the link of a
+window is always the same, each signer signs it once (`LastLink`).
 """
 
 from __future__ import annotations
@@ -111,6 +112,25 @@ class SasPolicy:
         return ReadSas(token, expiry, self.base_url)
 
 
+class LastLink:
+    """The link a signer made last, and what it made it for (its window, and a delegation key).
+
+    A window's link is the same whenever it is signed, so it is signed once: signing (the
+    SAS's fields and an HMAC) took about 0.1 ms of each of the two signs of a generation,
+    and of the sign of each gallery page.
+    """
+
+    def __init__(self) -> None:
+        self._made_for: tuple[object, ...] | None = None
+        self._link: ReadSas | None = None
+
+    def get(self, made_for: tuple[object, ...], sign: Callable[[], ReadSas]) -> ReadSas:
+        """The last link if it was made for `made_for` (compared with ==); else a new one from `sign`."""
+        if self._link is None or self._made_for != made_for:
+            self._link, self._made_for = sign(), made_for
+        return self._link
+
+
 class AccountKeySigner:
     """Service SAS signed with the storage account key."""
 
@@ -123,10 +143,13 @@ class AccountKeySigner:
             ) from None
         self._policy = policy
         self._account_key = account_key
+        self._last = LastLink()
 
     async def sign(self) -> ReadSas:
         start, expiry = self._policy.window()
-        return self._policy.read_sas(start, expiry, account_key=self._account_key)
+        return self._last.get(
+            (start, expiry), lambda: self._policy.read_sas(start, expiry, account_key=self._account_key)
+        )
 
     def __repr__(self) -> str:
         return f"AccountKeySigner(account={self._policy.account_name!r})"
@@ -149,11 +172,15 @@ class UserDelegationSigner:
         self._key: UserDelegationKey | None = None
         self._key_expiry = datetime.min.replace(tzinfo=timezone.utc)
         self._lock = asyncio.Lock()
+        self._last = LastLink()
 
     async def sign(self) -> ReadSas:
         start, expiry = self._policy.window(self._clock())
         key = await self._delegation_key(start, needed_until=expiry)
-        return self._policy.read_sas(start, expiry, user_delegation_key=key)
+        # A new key makes a new link (UserDelegationKey compares by identity).
+        return self._last.get(
+            (start, expiry, key), lambda: self._policy.read_sas(start, expiry, user_delegation_key=key)
+        )
 
     async def _delegation_key(self, start: datetime, needed_until: datetime) -> UserDelegationKey:
         """A key whose life covers the link's: from `start` (the window's, which later links
