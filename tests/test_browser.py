@@ -96,6 +96,44 @@ async def test_generate_page_and_see_errors_in_the_gallery(page: Page, served_ap
     await expect(gallery).to_have_count(15)
 
 
+async def test_a_tile_is_a_button_named_by_its_prompt_and_opens_the_viewer_from_the_keyboard(
+    page: Page, served_app: ServedApp,
+):
+    # A screen reader announces each picture as a button with its prompt, in a list. From the
+    # skip link, Tab reaches the newest picture with a focus ring; Enter and Space open the
+    # viewer, Escape closes it, and the focus is back on the picture it was opened from.
+    run = uuid.uuid4().hex[:8]
+    fox_prompt, lighthouse_prompt = f"A fox {run}", f"A lighthouse {run}"
+    await seed(served_app, [lighthouse_prompt, fox_prompt])  # the newest two of the module's gallery
+    await page.goto(served_app.url + "/")
+    pictures = page.get_by_role("list").get_by_role("listitem")
+    fox = pictures.get_by_role("button", name=fox_prompt, exact=True)
+    lighthouse = pictures.get_by_role("button", name=lighthouse_prompt, exact=True)
+    viewer = page.get_by_role("dialog")
+    await expect(pictures.first.get_by_role("button")).to_have_accessible_name(fox_prompt)
+
+    await page.keyboard.press("Tab")
+    await expect(page.get_by_role("link", name="Skip to the gallery")).to_be_focused()
+    await page.keyboard.press("Enter")
+    await page.keyboard.press("Tab")
+    await expect(fox).to_be_focused()
+    await expect(fox).to_have_css("outline-style", "solid")
+    await page.keyboard.press("Enter")
+    await expect(viewer).to_be_visible()
+    await expect(viewer.locator("#viewer-prompt")).to_have_text(fox_prompt)
+    await page.keyboard.press("Escape")
+    await expect(viewer).to_be_hidden()
+    await expect(fox).to_be_focused()
+
+    await page.keyboard.press("Tab")
+    await expect(lighthouse).to_be_focused()
+    await page.keyboard.press(" ")
+    await expect(viewer.locator("#viewer-prompt")).to_have_text(lighthouse_prompt)
+    await page.keyboard.press("Escape")
+    await expect(viewer).to_be_hidden()
+    await expect(lighthouse).to_be_focused()
+
+
 async def test_a_tile_whose_link_has_expired_is_signed_again(page: Page, served_app: ServedApp):
     # A page left open past its links' expiry: the gallery page arrives with links signed an
     # hour ago, which storage (Azurite) refuses with 403. The tile is drawn again with a fresh
@@ -130,6 +168,8 @@ async def test_a_tile_whose_link_has_expired_is_signed_again(page: Page, served_
     await expect(fox.locator("img")).to_have_js_property("naturalWidth", 1024)
     await expect(fox).not_to_have_class(re.compile("is-broken"))
     await expect(lighthouse).to_have_class(re.compile("is-broken"))
+    # Its picture out of sight, the tile is still a button named by the prompt.
+    await expect(lighthouse.get_by_role("button", name="Lighthouse at dusk", exact=True)).to_be_visible()
     assert len(sas_requests) == 1  # one fresh SAS for every tile that needed one
     assert sum("Lighthouse" in url for url in refused) == 2  # the old link, then one try with the new
     fresh = await fox.locator("img").get_attribute("src")

@@ -295,8 +295,13 @@ function renderEmpty() {
 function createTile(image) {
   const tile = document.createElement('li');
   tile.className = 'tile';
-  tile.tabIndex = 0;
   tile.dataset.blob = image.blob;
+
+  // A real button inside the list item: screen readers announce it as one (named by the img's
+  // alt, the prompt), and Enter and Space open the viewer as a click does.
+  const button = document.createElement('button');
+  button.type = 'button';
+  button.className = 'tile-button';
 
   const img = document.createElement('img');
   img.loading = 'lazy'; // before src, so the browser never starts an eager load
@@ -310,14 +315,9 @@ function createTile(image) {
   caption.textContent = image.prompt || image.name;
   caption.setAttribute('aria-hidden', 'true'); // the img alt already says it
 
-  tile.append(img, caption);
-  tile.addEventListener('click', () => openViewer(image, tile));
-  tile.addEventListener('keydown', (event) => {
-    if (event.key === 'Enter' || event.key === ' ') {
-      event.preventDefault();
-      openViewer(image, tile);
-    }
-  });
+  button.append(img, caption);
+  button.addEventListener('click', () => openViewer(image, button));
+  tile.append(button);
   return tile;
 }
 
@@ -446,7 +446,7 @@ function useSuggestion() {
   els.prompt.focus();
 }
 
-function openViewer(image, tile) {
+function openViewer(image, opener) {
   els.viewerImage.src = image.url;
   els.viewerImage.alt = altText(image);
   els.viewerPrompt.textContent = image.prompt || image.name;
@@ -455,7 +455,7 @@ function openViewer(image, tile) {
   els.viewerRevised.hidden = !revised;
   els.viewerDate.textContent = formatDate(image.createdAt);
   els.viewerDate.dateTime = image.createdAt;
-  state.viewerReturnFocus = tile;
+  state.viewerReturnFocus = opener;
   if (!els.viewer.open) els.viewer.showModal();
 }
 
@@ -465,7 +465,10 @@ function closeViewer() {
 
 function onViewerClosed() {
   els.viewerImage.removeAttribute('src');
-  state.viewerReturnFocus?.focus();
+  // The browser puts the focus back as the dialog closes; this event comes a little later, when a
+  // quick Tab may already have moved it on. Only a focus left on the page or the dialog returns.
+  const focused = document.activeElement;
+  if (!focused || focused === document.body || els.viewer.contains(focused)) state.viewerReturnFocus?.focus();
   state.viewerReturnFocus = null;
 }
 
