@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from playwright.async_api import Page, Route, async_playwright, expect
+from playwright.async_api import Locator, Page, Route, async_playwright, expect
 
 from tests.azurite import ACCOUNT, KEY, ROOT
 from tests.served import ServedApp
@@ -70,7 +70,8 @@ async def test_generate_page_and_see_errors_in_the_gallery(page: Page, served_ap
     await expect(page.locator("#status")).to_contain_text("Generating")
     await expect(page.locator("#generate")).to_be_disabled()
     await expect(gallery.first.locator("img")).to_have_attribute("alt", "A red fox in fresh snow, watercolor")
-    await expect(page.locator("#status")).to_be_hidden()
+    await expect(page.get_by_role("status")).to_have_text("Your image is ready: it is first in the gallery.")
+    assert await out_of_sight(page.locator("#status"))  # said to screen readers; the grid shows it
     await expect(gallery).to_have_count(15)
     loaded = await gallery.first.locator("img").evaluate("img => img.complete && img.naturalWidth")
     assert loaded == 1024  # the image really came from storage through its SAS link
@@ -94,6 +95,12 @@ async def test_generate_page_and_see_errors_in_the_gallery(page: Page, served_ap
     await page.click("#generate")
     await expect(page.locator("#error")).to_have_text("The prompt is longer than 4000 characters; shorten it.")
     await expect(gallery).to_have_count(15)
+
+
+async def out_of_sight(element: Locator) -> bool:
+    """Whether the element takes no room on screen (it may still be read by a screen reader)."""
+    box = await element.bounding_box()
+    return box is None or (box["width"] <= 1 and box["height"] <= 1)
 
 
 async def test_a_tile_is_a_button_named_by_its_prompt_and_opens_the_viewer_from_the_keyboard(
@@ -132,6 +139,27 @@ async def test_a_tile_is_a_button_named_by_its_prompt_and_opens_the_viewer_from_
     await page.keyboard.press("Escape")
     await expect(viewer).to_be_hidden()
     await expect(lighthouse).to_be_focused()
+
+
+async def test_generating_is_announced_in_a_live_region(page: Page, served_app: ServedApp):
+    # Screen readers say what changes in a live region already on the page, not one that appears
+    # with its text: the status region is there, empty and out of sight, before Generate.
+    await page.goto(served_app.url + "/")
+    status = page.get_by_role("status")
+    await expect(status).to_have_text("")
+    assert await out_of_sight(status)
+
+    async def slow_model(route: Route) -> None:
+        await asyncio.sleep(1.0)
+        await route.continue_()
+
+    await page.route("**/api/generateImage", slow_model)
+    await page.fill("#prompt", "A lighthouse at dusk, oil painting")
+    await page.get_by_role("button", name="Generate").click()
+    await expect(status).to_have_text("Generating your image… this can take up to a minute.")
+    assert not await out_of_sight(status)
+    await expect(status).to_have_text("Your image is ready: it is first in the gallery.")
+    assert await out_of_sight(status)
 
 
 async def test_a_tile_whose_link_has_expired_is_signed_again(page: Page, served_app: ServedApp):

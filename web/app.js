@@ -258,15 +258,21 @@ function clearError() {
   els.error.textContent = '';
 }
 
-function renderStatus(text) {
+/**
+ * Say `text` in the status line (a live region), shown with its spinner, or for screen readers
+ * only with shown: false. The region itself stays in the page, out of sight when idle.
+ */
+function renderStatus(text, { shown = true } = {}) {
   els.statusText.textContent = text || '';
-  els.status.hidden = !text;
+  els.status.classList.toggle('visually-hidden', !(text && shown));
 }
 
-function renderGenerating() {
+/** `done`: what to tell screen readers once a picture has arrived (the grid shows it). */
+function renderGenerating(done = '') {
   els.generate.disabled = state.generating;
   els.form.setAttribute('aria-busy', String(state.generating));
-  renderStatus(state.generating ? 'Generating your image… this can take up to a minute.' : '');
+  if (state.generating) renderStatus('Generating your image… this can take up to a minute.');
+  else renderStatus(done, { shown: false });
 }
 
 function renderSuggestion() {
@@ -417,11 +423,13 @@ async function generate() {
   state.generating = true;
   renderGenerating();
   if (state.attempt?.prompt !== prompt) state.attempt = { prompt, key: newIdempotencyKey() };
+  let done = '';
   try {
     const created = await api.generate(prompt, state.attempt.key);
     state.attempt = null; // the picture arrived: the same prompt again asks for another one
     addImages([{ prompt, ...created }], { prepend: true });
     els.prompt.value = '';
+    done = 'Your image is ready: it is first in the gallery.';
   } catch (error) {
     if (error instanceof ApiError && error.code === 'in_progress') {
       showError('Your picture is still being drawn; click Generate again in a moment to get it.');
@@ -430,7 +438,7 @@ async function generate() {
     }
   } finally {
     state.generating = false;
-    renderGenerating();
+    renderGenerating(done);
   }
 }
 
