@@ -162,6 +162,50 @@ async def test_generating_is_announced_in_a_live_region(page: Page, served_app: 
     assert await out_of_sight(status)
 
 
+async def test_buttons_pressed_from_the_keyboard_keep_the_focus(page: Page, served_app: ServedApp):
+    # A button disabled while it works drops the focus to the page, and a hidden one sends the
+    # next Tab back to the top: Load more and Generate keep the focus while they work, and Load
+    # more, gone after the last page, hands it on to the first picture that page added.
+    run = uuid.uuid4().hex[:8]
+    await seed(served_app, [f"A harbour at night, print {n} {run}" for n in range(13)])
+    await page.goto(served_app.url + "/")
+    pictures = page.get_by_role("list").get_by_role("listitem")
+    await expect(pictures).to_have_count(12)
+
+    async def last_page_slowly(route: Route) -> None:
+        # The page after the first is the last one, however many pictures the module stored.
+        await asyncio.sleep(1.0)
+        response = await route.fetch()
+        await route.fulfill(response=response, json={**await response.json(), "nextCursor": None})
+
+    async def slowly(route: Route) -> None:
+        await asyncio.sleep(1.0)
+        await route.continue_()
+
+    await page.route("**/api/getImages?*", last_page_slowly)
+    await page.route("**/api/generateImage", slowly)
+    load_more = page.get_by_role("button", name="Load more")
+    await load_more.focus()
+    await page.keyboard.press("Enter")
+    await expect(load_more).to_be_disabled()
+    await expect(load_more).to_be_focused()
+    await expect(load_more).to_be_hidden()
+    first_of_the_last_page = pictures.nth(12).get_by_role("button")
+    await expect(first_of_the_last_page).to_have_accessible_name(f"A harbour at night, print 0 {run}")
+    await expect(first_of_the_last_page).to_be_focused()
+
+    generate = page.get_by_role("button", name="Generate")
+    await page.fill("#prompt", f"A harbour at dawn, print {run}")
+    await generate.focus()
+    await page.keyboard.press("Enter")
+    await expect(generate).to_be_disabled()
+    await expect(generate).to_be_focused()
+    newest = pictures.first.get_by_role("button")
+    await expect(newest).to_have_accessible_name(f"A harbour at dawn, print {run}")
+    await expect(generate).to_be_enabled()
+    await expect(generate).to_be_focused()
+
+
 async def test_a_tile_whose_link_has_expired_is_signed_again(page: Page, served_app: ServedApp):
     # A page left open past its links' expiry: the gallery page arrives with links signed an
     # hour ago, which storage (Azurite) refuses with 403. The tile is drawn again with a fresh
@@ -247,8 +291,11 @@ async def test_a_gallery_that_failed_to_load_can_be_loaded_again(page: Page, ser
     await expect(page.locator("#error")).to_have_text("Image storage is unavailable right now; try again shortly.")
     await expect(page.locator("#gallery li.tile")).to_have_count(0)
     await expect(page.locator("#load-more")).to_have_text("Try again")
-    await page.click("#load-more")
+    # From the keyboard: the button hides while it tries, and the focus goes on to the pictures.
+    await page.focus("#load-more")
+    await page.keyboard.press("Enter")
     await expect(page.locator("#gallery li.tile").first.locator("img")).to_have_attribute("alt", newest)
+    await expect(page.get_by_role("button", name=newest, exact=True)).to_be_focused()
     await expect(page.locator("#error")).to_be_hidden()
 
 

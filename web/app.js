@@ -81,6 +81,7 @@ const els = Object.freeze({
   error: byId('error'),
   gallery: byId('gallery'),
   empty: byId('empty'),
+  galleryHeading: byId('gallery-heading'),
   loadMore: byId('load-more'),
   viewer: byId('viewer'),
   viewerImage: byId('viewer-image'),
@@ -259,6 +260,15 @@ function clearError() {
 }
 
 /**
+ * A button that waits for its own request: aria-disabled, not disabled. A disabled button drops
+ * the focus a keyboard or screen reader user pressed it with; this one keeps it and is announced
+ * as unavailable, and its handler ignores presses meanwhile.
+ */
+function setWorking(button, working) {
+  button.setAttribute('aria-disabled', String(working));
+}
+
+/**
  * Say `text` in the status line (a live region), shown with its spinner, or for screen readers
  * only with shown: false. The region itself stays in the page, out of sight when idle.
  */
@@ -269,7 +279,7 @@ function renderStatus(text, { shown = true } = {}) {
 
 /** `done`: what to tell screen readers once a picture has arrived (the grid shows it). */
 function renderGenerating(done = '') {
-  els.generate.disabled = state.generating;
+  setWorking(els.generate, state.generating);
   els.form.setAttribute('aria-busy', String(state.generating));
   if (state.generating) renderStatus('Generating your image… this can take up to a minute.');
   else renderStatus(done, { shown: false });
@@ -281,7 +291,7 @@ function renderSuggestion() {
   els.prompt.placeholder = state.suggestion || DEFAULT_PLACEHOLDER;
   els.useSuggestion.disabled = !state.suggestion;
   const loading = state.suggestionStatus === 'loading';
-  els.newSuggestion.disabled = loading;
+  setWorking(els.newSuggestion, loading);
   els.newSuggestion.setAttribute('aria-busy', String(loading));
 }
 
@@ -289,7 +299,7 @@ function renderPager() {
   // Until a first page has arrived (storage away as the page opened), the button tries it again.
   els.loadMore.textContent = state.galleryLoaded ? 'Load more' : 'Try again';
   els.loadMore.hidden = state.galleryLoaded ? state.nextCursor === null : state.loadingPage;
-  els.loadMore.disabled = state.loadingPage;
+  setWorking(els.loadMore, state.loadingPage);
   els.loadMore.setAttribute('aria-busy', String(state.loadingPage));
   els.gallery.setAttribute('aria-busy', String(state.loadingPage));
 }
@@ -359,7 +369,10 @@ function freshSas() {
   return state.sas;
 }
 
-/** Add images not shown yet (by blob), at the end or at the start of the grid, in order. */
+/**
+ * Add images not shown yet (by blob), at the end or at the start of the grid, in order; return
+ * the first tile added (null if none).
+ */
 function addImages(rawImages, { prepend = false } = {}) {
   const fragment = document.createDocumentFragment();
   for (const raw of rawImages) {
@@ -368,9 +381,11 @@ function addImages(rawImages, { prepend = false } = {}) {
     state.shownBlobs.add(image.blob);
     fragment.append(createTile(image));
   }
+  const first = fragment.firstElementChild;
   if (prepend) els.gallery.prepend(fragment);
   else els.gallery.append(fragment);
   renderEmpty();
+  return first;
 }
 
 // ---------------------------------------------------------------------------
@@ -393,13 +408,15 @@ async function refreshSuggestion() {
   }
 }
 
+/** Load the next gallery page; return its first new tile (null if none or failed). */
 async function loadPage() {
-  if (state.loadingPage) return;
+  if (state.loadingPage) return null;
   state.loadingPage = true;
   renderPager();
+  let first = null;
   try {
     const page = await api.images({ limit: PAGE_SIZE, cursor: state.nextCursor });
-    addImages(Array.isArray(page?.imageUrls) ? page.imageUrls : []);
+    first = addImages(Array.isArray(page?.imageUrls) ? page.imageUrls : []);
     state.nextCursor = typeof page?.nextCursor === 'string' && page.nextCursor ? page.nextCursor : null;
     state.galleryLoaded = true;
   } catch (error) {
@@ -408,6 +425,21 @@ async function loadPage() {
     state.loadingPage = false;
     renderPager();
     renderEmpty();
+  }
+  return first;
+}
+
+/** Load more, or Try again when the first page failed. */
+async function loadMore() {
+  if (state.loadingPage) return;
+  clearError();
+  const hadFocus = document.activeElement === els.loadMore;
+  const first = await loadPage();
+  // The button hides itself after the last page (and while Try again tries): the focus it had
+  // would fall back to the top of the page. It moves on to the first picture the page added.
+  if (hadFocus && document.activeElement === document.body) {
+    const next = first?.querySelector('button') ?? (els.loadMore.hidden ? els.galleryHeading : els.loadMore);
+    next.focus();
   }
 }
 
@@ -497,13 +529,11 @@ function bindEvents() {
   });
   els.useSuggestion.addEventListener('click', useSuggestion);
   els.newSuggestion.addEventListener('click', () => {
+    if (state.suggestionStatus === 'loading') return;
     clearError();
     refreshSuggestion();
   });
-  els.loadMore.addEventListener('click', () => {
-    clearError();
-    loadPage();
-  });
+  els.loadMore.addEventListener('click', loadMore);
   els.closeViewer.addEventListener('click', closeViewer);
   // Escape closes a modal <dialog> natively. The content fills the dialog box, so a press
   // whose target is the dialog itself is on the backdrop; both the press and the release must
