@@ -128,6 +128,7 @@ async def test_a_tile_is_a_button_named_by_its_prompt_and_opens_the_viewer_from_
     await page.keyboard.press("Enter")
     await expect(viewer).to_be_visible()
     await expect(viewer.locator("#viewer-prompt")).to_have_text(fox_prompt)
+    await expect(viewer).to_have_accessible_description(fox_prompt)  # read out as the dialog opens
     await page.keyboard.press("Escape")
     await expect(viewer).to_be_hidden()
     await expect(fox).to_be_focused()
