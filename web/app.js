@@ -280,7 +280,8 @@ function renderStatus(text, { shown = true } = {}) {
 /** `done`: what to tell screen readers once a picture has arrived (the grid shows it). */
 function renderGenerating(done = '') {
   setWorking(els.generate, state.generating);
-  els.form.setAttribute('aria-busy', String(state.generating));
+  // A class, not aria-busy: screen readers may hold back what a busy element's live region says.
+  els.form.classList.toggle('is-generating', state.generating);
   if (state.generating) renderStatus('Generating your image… this can take up to a minute.');
   else renderStatus(done, { shown: false });
 }
