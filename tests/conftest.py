@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import asyncio
 import functools
 import io
 import json
 import os
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
@@ -139,6 +141,17 @@ async def blob_names(container: ContainerClient, prefix: str | None = None) -> l
     if not await container.exists():
         return []
     return [blob.name async for blob in container.list_blobs(name_starts_with=prefix)]
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], within: float = 20.0) -> bool:
+    """Whether `check` comes true within `within` seconds: a test waits for what it expects,
+    as soon as it happens, and as long as a slow machine needs, not for a fixed time."""
+    deadline = time.monotonic() + within
+    while not await check():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
 
 
 def png_bytes(seed: int = 0, size: int = 8) -> bytes:

@@ -7,12 +7,15 @@ request, and storage answers the retry as a conflict with the write it has alrea
 the app gets a 500 in place of Azurite's answer; with `meanwhile`, another writer acts before
 that 500 goes out. `delay_answer` holds Azurite's answer back instead: the write is made at
 once, and its answer may come after the app has given up. `drop` never passes the request on.
+A test waits for what it arranged with `settled`, not for a fixed time: on a slow machine a
+held answer goes out later than its delay says.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -42,6 +45,9 @@ class LossyStorage:
         self.losses: list[_Loss] = []
         self.lost: list[str] = []  # "METHOD path" of each answer lost
         self.seen: list[str] = []  # "METHOD path?query" of each request, in the order they came
+        self.made: list[str] = []  # "METHOD path?query status" of each request Azurite answered, as it did
+        self._playing = 0  # requests matched to a loss whose answer has not yet gone out
+        self._answers_held = 0  # answers Azurite gave that were held back (`delay_answer`), so far
         self._runner: web.AppRunner | None = None
         self._session: ClientSession | None = None
 
@@ -79,6 +85,23 @@ class LossyStorage:
         """Apply the next `count` requests like these at once, and answer each `seconds` late."""
         self.losses.append(_Loss(method, re.compile(path), conditional, count, seconds))
 
+    async def settled(self, within: float = 20.0) -> None:
+        """Wait until every loss arranged so far has met all its requests and sent every answer
+        (a held request has reached Azurite, a late answer has gone out)."""
+        await self._until(lambda: not self._playing and not any(loss.count for loss in self.losses), within)
+
+    async def answer_held(self, within: float = 20.0) -> None:
+        """Wait until Azurite has made a request whose answer is held back (`delay_answer`)."""
+        await self._until(lambda: self._answers_held > 0, within)
+
+    async def _until(self, done: Callable[[], bool], within: float) -> None:
+        deadline = time.monotonic() + within
+        while not done():
+            if time.monotonic() > deadline:
+                to_come = [f"{loss.method} {loss.path.pattern}" for loss in self.losses if loss.count]
+                raise AssertionError(f"not in {within} s: {self._playing} in play, to come: {to_come}")
+            await asyncio.sleep(0.01)
+
     async def start(self) -> LossyStorage:
         self._session = ClientSession(auto_decompress=False)
         application = web.Application(client_max_size=64 * 1024 * 1024)
@@ -108,10 +131,18 @@ class LossyStorage:
         return None
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
-        assert self._session is not None
         body = await request.read()
         self.seen.append(f"{request.method} {request.path_qs}")
         loss = self._loss_for(request)
+        playing = loss is not None  # until its answer goes out: what `settled` waits for
+        self._playing += playing
+        try:
+            return await self._answer(request, body, loss)
+        finally:
+            self._playing -= playing
+
+    async def _answer(self, request: web.Request, body: bytes, loss: _Loss | None) -> web.StreamResponse:
+        assert self._session is not None
         if loss is not None and loss.held:
             await asyncio.sleep(loss.delay or 0)
             loss = None
@@ -126,7 +157,9 @@ class LossyStorage:
             skip_auto_headers=("Content-Type", "User-Agent", "Accept-Encoding", "Accept"),
         ) as answer:
             data = await answer.read()
+            self.made.append(f"{request.method} {request.path_qs} {answer.status}")
             if loss is not None and loss.delay is not None:
+                self._answers_held += 1
                 await asyncio.sleep(loss.delay)
             elif loss is not None:
                 if loss.meanwhile is not None:

@@ -15,7 +15,7 @@ import pytest
 from azure.storage.blob.aio import BlobServiceClient
 
 from tests.azurite import Azurite, free_port
-from tests.conftest import Api, png_bytes
+from tests.conftest import Api, eventually, png_bytes
 from visionary import naming
 from visionary.guards import DailyCap
 from visionary.settings import Settings
@@ -36,15 +36,6 @@ def own_azurite(monkeypatch, container_name):
     if server.process and server.process.poll() is None:
         os.kill(server.process.pid, signal.SIGCONT)
     server.stop()
-
-
-async def eventually(check, within: float = 20.0) -> bool:
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            return False
-        await asyncio.sleep(0.2)
-    return True
 
 
 async def _absent(blob) -> bool:
