@@ -1,12 +1,12 @@
 import asyncio
 from datetime import datetime, timezone
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 import pytest
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 
 from tests.azurite import Azurite
-from tests.conftest import blob_names, png_bytes
+from tests.conftest import blob_names, eventually, png_bytes
 from tests.lossy_storage import LossyStorage
 from visionary import naming
 from visionary.errors import ApiError
@@ -100,6 +100,15 @@ async def test_a_prompt_too_long_for_metadata_is_listed_cut_and_says_so(gallery:
     assert 800 < len(listed.prompt) < len(prompt)
 
 
+def last_upload(storage: LossyStorage) -> str:
+    """Azurite's answer to the last upload it made: "PUT path status"."""
+    return [made for made in storage.made if made.startswith("PUT ")][-1]
+
+
+async def none_in(container: ContainerClient) -> bool:
+    return await blob_names(container) == []
+
+
 async def test_an_upload_whose_answer_was_lost_is_stored_once(
     lossy_storage: LossyStorage, azurite: Azurite, container_name: str
 ):
@@ -127,12 +136,11 @@ async def test_an_upload_that_reaches_storage_after_its_request_gave_up_is_remov
         lossy_storage.hold("PUT", "/gallery/", 2.5)  # the clean-up looks 1 s after the failure, then 2 s later
         with pytest.raises(TimeoutError):
             await gallery.upload(png_bytes(), "image/png", "held on the way")
+        await lossy_storage.settled()  # it reached storage 2 s after the failure, between those looks ...
+        assert last_upload(lossy_storage).endswith(" 201")  # ... and was stored after its request failed
         async with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
             container = service.get_container_client(container_name)
-            await asyncio.sleep(2.6)  # landed 2 s after the failure, before the look at 3 s
-            assert len(await blob_names(container)) == 1  # stored after its request failed
-            await asyncio.sleep(1.4)  # the clean-up's second look, 3 s after the failure
-            assert await blob_names(container) == []
+            assert await eventually(lambda: none_in(container))  # the clean-up's next look removes it
     finally:
         await gallery.close()
 
@@ -152,12 +160,16 @@ async def test_a_late_upload_at_the_name_after_a_clash_is_the_one_removed(
         lossy_storage.hold("PUT", f"/gallery/{first.later(1).blob.split('/')[1][:13]}_", 2.5)
         with pytest.raises(TimeoutError):
             await gallery.upload(png_bytes(2), "image/png", "same prompt")
+        await lossy_storage.settled()  # it reached storage 2 s after the failure, before the look at 3 s ...
+        upload = last_upload(lossy_storage)
+        assert quote(first.later(1).blob) in upload and upload.endswith(" 201")  # ... and was stored there
         async with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
             container = service.get_container_client(container_name)
-            await asyncio.sleep(2.6)  # landed 2 s after the failure, before the look at 3 s
-            assert await blob_names(container) == sorted([first.blob, first.later(1).blob])
-            await asyncio.sleep(1.4)  # the clean-up's second look, 3 s after the failure
-            assert await blob_names(container) == [first.blob]
+
+            async def only_the_other_picture_left() -> bool:
+                return await blob_names(container) == [first.blob]
+
+            assert await eventually(only_the_other_picture_left)
     finally:
         await gallery.close()
 
