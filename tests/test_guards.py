@@ -15,7 +15,7 @@ import pytest
 from azure.storage.blob.aio import BlobServiceClient, ContainerClient
 
 from tests.azurite import Azurite, free_port
-from tests.conftest import ROOT_ENV, Api, blob_names
+from tests.conftest import ROOT_ENV, Api, blob_names, eventually
 from tests.lossy_storage import LossyStorage
 from tests.openai_server import OpenAIServer
 from tests.served import ServedApp
@@ -101,6 +101,10 @@ async def day_count(azurite: Azurite, container_name: str) -> int:
         return json.loads(await (await records.download_blob(day)).readall())["count"]
 
 
+async def counts(azurite: Azurite, container_name: str, count: int) -> bool:
+    return await day_count(azurite, container_name) == count
+
+
 async def test_a_failed_generation_keeps_its_error_when_its_slot_cannot_be_given_back(
     container: ContainerClient, monkeypatch
 ):
@@ -150,17 +154,18 @@ async def test_a_count_change_whose_answer_was_lost_is_made_once(
 async def test_slots_taken_for_requests_that_stopped_waiting_are_given_back(
     lossy_storage: LossyStorage, azurite: Azurite, container_name: str
 ):
-    # The count's writes answer 0.6 s late and a change may take 1 s: the first request gets
+    # The count's writes answer 1 s late and a change may take 1.5 s: the first request gets
     # its slot; ten behind it stop waiting (503) while their write is on its way, and lands.
+    # (Each step half a second clear of a timeout: the ten start once the first write is sent.)
     async with open_service_client(Settings.from_env().require_storage()) as service:
-        cap = DailyCap(service.get_container_client(container_name), 100, timeout=1)
-        lossy_storage.delay_answer("PUT", "/cost-guard/", 0.6, count=2)
+        cap = DailyCap(service.get_container_client(container_name), 100, timeout=1.5)
+        lossy_storage.delay_answer("PUT", "/cost-guard/", 1.0, count=2)
         first = asyncio.create_task(generation(cap))
-        await asyncio.sleep(0.2)  # its write is on its way
+        await lossy_storage.answer_held()  # its write is made, its answer on its way
         statuses = await asyncio.gather(*[generation(cap) for _ in range(10)], return_exceptions=True)
         assert await first == 201 and all(isinstance(status, TimeoutError) for status in statuses)
-        await asyncio.sleep(1.0)  # their write's answer, then the give-back
-        assert await day_count(azurite, container_name) == 1
+        await lossy_storage.settled()  # their write was made, and its answer came
+        assert await eventually(lambda: counts(azurite, container_name, 1))  # their slots given back
 
 
 async def test_a_write_whose_answer_never_came_but_landed_is_given_back(
@@ -235,7 +240,7 @@ async def test_a_give_back_that_ran_out_of_time_is_made_by_the_next_write(
     async with two_instances(azurite, container_name, 2) as (a, b):
 
         async def b_takes_meanwhile() -> int:
-            await asyncio.sleep(0.3)
+            await lossy_storage.answer_held()  # A's read is made; B writes before A hears it
             return await generation(b)
 
         with pytest.raises(ApiError):
@@ -244,7 +249,7 @@ async def test_a_give_back_that_ran_out_of_time_is_made_by_the_next_write(
                 b_took = asyncio.create_task(b_takes_meanwhile())
                 raise ApiError.upstream_error()  # A's model failed
         assert await b_took == 201
-        await asyncio.sleep(0.5)  # the late read goes by
+        await lossy_storage.settled()  # the late read goes by
         assert await day_count(azurite, container_name) == 2  # B's, and the one A could not give back
         assert await generation(a) == 201  # its write gives that one back
         assert await day_count(azurite, container_name) == 2
@@ -258,7 +263,7 @@ async def test_a_give_back_that_could_not_even_read_the_count_is_made_by_the_nex
             async with a.slot():
                 lossy_storage.delay_answer("GET", "/cost-guard/", 1.5)  # past the change's 1 s
                 raise ApiError.upstream_error()
-        await asyncio.sleep(0.6)
+        await lossy_storage.settled()  # the late read goes by
         assert await day_count(azurite, container_name) == 1
         assert await generation(a) == 201  # at the cap of 1, only with that slot given back
         assert await day_count(azurite, container_name) == 1
@@ -270,7 +275,7 @@ async def one_held_and_two_landed_unanswered(a: DailyCap, lossy_storage: LossySt
     lossy_storage.delay_answer("PUT", "/cost-guard/", 2.0, conditional=True)
     unanswered = await asyncio.gather(generation(a), generation(a), return_exceptions=True)
     assert all(isinstance(failure, TimeoutError) for failure in unanswered)
-    await asyncio.sleep(1.2)  # the late answer goes by
+    await lossy_storage.settled()  # the late answer goes by
 
 
 async def test_a_landed_write_is_given_back_once_whatever_other_instances_write(
@@ -337,7 +342,7 @@ async def test_a_give_back_whose_own_write_never_landed_is_tried_again(
         lossy_storage.drop("PUT", "/cost-guard/", 3.0)  # the write giving them back never reaches storage
         with pytest.raises(TimeoutError):
             await generation(a)
-        await asyncio.sleep(2.5)
+        await lossy_storage.settled()  # its 500 goes by
         assert await generation(a) == 201
         assert await day_count(azurite, container_name) == 2
 
@@ -352,7 +357,7 @@ async def test_a_landed_give_back_whose_id_left_the_records_history_is_not_made_
             async with a.slot():
                 lossy_storage.delay_answer("PUT", "/cost-guard/", 2.0, conditional=True)
                 raise ApiError.upstream_error()  # A's model failed: its slot goes back, unanswered
-        await asyncio.sleep(1.2)  # the late answer goes by
+        await lossy_storage.settled()  # the late answer goes by
         assert await day_count(azurite, container_name) == 0
         for _ in range(guards.RECENT_WRITES):
             assert await generation(b) == 201
@@ -599,7 +604,8 @@ async def test_a_slow_first_request_makes_a_repeat_wait_then_409(api: Api, keyed
     ledger.wait_seconds = 0.3  # a short bound, for the test
     key = {"Idempotency-Key": "slow"}
     first = asyncio.create_task(api.generate({"prompt": PROMPT}, headers=key))
-    await asyncio.sleep(0.2)
+    while not keyed_env.model_calls():  # it holds the key and draws (a fixed pause raced the claim)
+        await asyncio.sleep(0.01)
     started = time.monotonic()
     repeat = await api.generate({"prompt": PROMPT}, headers=key)
     assert repeat.status == 409 and repeat.json()["code"] == "in_progress"
@@ -774,13 +780,20 @@ async def test_work_whose_done_record_storage_answers_too_late_still_answers(
         lossy_storage.delay_answer("PUT", "/idempotency/", 1.0, conditional=True)  # the "done" write
         assert await ledger.once("order-46", "prompt", work) == {"drawn": 1}
         assert "idempotency marker not recorded as done" in caplog.text
-        await asyncio.sleep(0.7)  # the late answer goes by
+        await lossy_storage.settled()  # the late answer goes by
         assert await ledger.once("order-46", "prompt", work) == {"drawn": 1}
     assert calls == [1]
 
 
+async def recorded_done(azurite: Azurite, container_name: str) -> bool:
+    """Whether the one idempotency marker holds its answer (seen behind the ledger's back)."""
+    async with system_container(azurite, container_name) as records:
+        [marker] = await blob_names(records, "idempotency/")
+        return json.loads(await (await records.download_blob(marker)).readall())["state"] == "done"
+
+
 async def test_an_answer_storage_could_not_record_is_recorded_once_it_answers_again(
-    lossy_storage: LossyStorage, container_name: str
+    lossy_storage: LossyStorage, azurite: Azurite, container_name: str
 ):
     # The picture is stored, but the marker's "done" write never reaches storage (away for a
     # moment). Left a claim, it went stale and the client's next retry drew a second picture.
@@ -793,7 +806,8 @@ async def test_an_answer_storage_could_not_record_is_recorded_once_it_answers_ag
 
     async with ledger_on(container_name, stale_after=timedelta(seconds=3), timeout=0.5) as ledger:
         assert await ledger.once("order-49", "prompt", work) == {"drawn": 1}
-        await asyncio.sleep(3.5)  # the claim would be stale by now
+        await asyncio.sleep(3.5)  # the claim would be stale by now ...
+        assert await eventually(lambda: recorded_done(azurite, container_name))  # ... but its answer is kept
         assert await ledger.once("order-49", "prompt", work) == {"drawn": 1}
     assert calls == [1]
 
