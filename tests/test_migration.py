@@ -367,8 +367,9 @@ async def test_a_name_taken_while_the_copy_was_on_its_way_sends_the_copy_a_milli
         await container.upload_blob(source, png_bytes(1))
         lossy_storage.hold("PUT", "/gallery/", 1.0, count=1)
         run = asyncio.create_task(migrate(through_proxy.get_container_client(container_name)))
-        await asyncio.sleep(0.5)
-        await container.upload_blob(target.blob, png_bytes(2))  # another picture, meanwhile
+        while not any(seen.startswith("PUT ") and "/gallery/" in seen for seen in lossy_storage.seen):
+            await asyncio.sleep(0.01)  # the copy is on its way, held 1 s ...
+        await container.upload_blob(target.blob, png_bytes(2))  # ... and another picture takes the name
         report = await run
         assert outcomes(report) == {source: (Action.MOVED, target.later(1).blob)}
         assert await read(container, target.blob) == png_bytes(2)
