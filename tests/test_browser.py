@@ -58,10 +58,12 @@ async def test_generate_page_and_see_errors_in_the_gallery(page: Page, served_ap
     await expect(gallery.last.locator("img")).to_have_attribute("alt", "A lighthouse, oil painting")
     await expect(page.locator("#load-more")).to_be_hidden()
 
-    # Generating shows a working state (held open a moment, as a real model would), then the
+    # Generating shows a working state (held open until seen, as a slow model would), then the
     # new picture first in the grid.
+    drawn = asyncio.Event()
+
     async def slow_model(route: Route) -> None:
-        await asyncio.sleep(1.0)
+        await drawn.wait()
         await route.continue_()
 
     await page.route("**/api/generateImage", slow_model)
@@ -69,6 +71,7 @@ async def test_generate_page_and_see_errors_in_the_gallery(page: Page, served_ap
     await page.click("#generate")
     await expect(page.locator("#status")).to_contain_text("Generating")
     await expect(page.locator("#generate")).to_be_disabled()
+    drawn.set()
     await expect(gallery.first.locator("img")).to_have_attribute("alt", "A red fox in fresh snow, watercolor")
     await expect(page.get_by_role("status")).to_have_text("Your image is ready: it is first in the gallery.")
     assert await out_of_sight(page.locator("#status"))  # said to screen readers; the grid shows it
@@ -150,8 +153,10 @@ async def test_generating_is_announced_in_a_live_region(page: Page, served_app: 
     await expect(status).to_have_text("")
     assert await out_of_sight(status)
 
+    drawn = asyncio.Event()
+
     async def slow_model(route: Route) -> None:
-        await asyncio.sleep(1.0)
+        await drawn.wait()
         await route.continue_()
 
     await page.route("**/api/generateImage", slow_model)
@@ -161,6 +166,7 @@ async def test_generating_is_announced_in_a_live_region(page: Page, served_app: 
     assert not await out_of_sight(status)
     # and nothing around it busy: screen readers may hold back what a busy element's region says
     assert await status.evaluate("el => el.closest('[aria-busy=\"true\"]') === null")
+    drawn.set()
     await expect(status).to_have_text("Your image is ready: it is first in the gallery.")
     assert await out_of_sight(status)
 
@@ -175,14 +181,16 @@ async def test_buttons_pressed_from_the_keyboard_keep_the_focus(page: Page, serv
     pictures = page.get_by_role("list").get_by_role("listitem")
     await expect(pictures).to_have_count(12)
 
+    listed, drawn = asyncio.Event(), asyncio.Event()  # each request held until its working state is seen
+
     async def last_page_slowly(route: Route) -> None:
         # The page after the first is the last one, however many pictures the module stored.
-        await asyncio.sleep(1.0)
+        await listed.wait()
         response = await route.fetch()
         await route.fulfill(response=response, json={**await response.json(), "nextCursor": None})
 
     async def slowly(route: Route) -> None:
-        await asyncio.sleep(1.0)
+        await drawn.wait()
         await route.continue_()
 
     await page.route("**/api/getImages?*", last_page_slowly)
@@ -192,6 +200,7 @@ async def test_buttons_pressed_from_the_keyboard_keep_the_focus(page: Page, serv
     await page.keyboard.press("Enter")
     await expect(load_more).to_be_disabled()
     await expect(load_more).to_be_focused()
+    listed.set()
     await expect(load_more).to_be_hidden()
     first_of_the_last_page = pictures.nth(12).get_by_role("button")
     await expect(first_of_the_last_page).to_have_accessible_name(f"A harbour at night, print 0 {run}")
@@ -203,6 +212,7 @@ async def test_buttons_pressed_from_the_keyboard_keep_the_focus(page: Page, serv
     await page.keyboard.press("Enter")
     await expect(generate).to_be_disabled()
     await expect(generate).to_be_focused()
+    drawn.set()
     newest = pictures.first.get_by_role("button")
     await expect(newest).to_have_accessible_name(f"A harbour at dawn, print {run}")
     await expect(generate).to_be_enabled()
