@@ -145,6 +145,25 @@ async def test_a_tile_is_a_button_named_by_its_prompt_and_opens_the_viewer_from_
     await expect(lighthouse).to_be_focused()
 
 
+async def test_a_prompt_typed_while_a_picture_is_drawn_is_kept(page: Page, served_app: ServedApp):
+    # The field is emptied when the picture arrives, but only of the prompt that was drawn.
+    await page.goto(served_app.url + "/")
+    drawn = asyncio.Event()
+
+    async def slow_model(route: Route) -> None:
+        await drawn.wait()
+        await route.continue_()
+
+    await page.route("**/api/generateImage", slow_model)
+    await page.fill("#prompt", "A lighthouse at dusk, oil painting")
+    await page.get_by_role("button", name="Generate").click()
+    await expect(page.get_by_role("status")).to_contain_text("Generating")
+    await page.fill("#prompt", "A fox in the snow, next")
+    drawn.set()
+    await expect(page.get_by_role("status")).to_have_text("Your image is ready: it is first in the gallery.")
+    await expect(page.locator("#prompt")).to_have_value("A fox in the snow, next")
+
+
 async def test_generating_is_announced_in_a_live_region(page: Page, served_app: ServedApp):
     # Screen readers say what changes in a live region already on the page, not one that appears
     # with its text: the status region is there, empty and out of sight, before Generate.

@@ -437,8 +437,10 @@ async function loadMore() {
   const hadFocus = document.activeElement === els.loadMore;
   const first = await loadPage();
   // The button hides itself after the last page (and while Try again tries): the focus it had
-  // would fall back to the top of the page. It moves on to the first picture the page added.
-  if (hadFocus && document.activeElement === document.body) {
+  // falls back to the top of the page (Chromium), or stays on the hidden button (Firefox). It
+  // moves on to the first picture the page added.
+  const focus = document.activeElement;
+  if (hadFocus && (focus === document.body || (focus === els.loadMore && els.loadMore.hidden))) {
     const next = first?.querySelector('button') ?? (els.loadMore.hidden ? els.galleryHeading : els.loadMore);
     next.focus();
   }
@@ -461,7 +463,7 @@ async function generate() {
     const created = await api.generate(prompt, state.attempt.key);
     state.attempt = null; // the picture arrived: the same prompt again asks for another one
     addImages([{ prompt, ...created }], { prepend: true });
-    els.prompt.value = '';
+    if (els.prompt.value.trim() === prompt) els.prompt.value = ''; // not what was typed meanwhile
     done = 'Your image is ready: it is first in the gallery.';
   } catch (error) {
     if (error instanceof ApiError && error.code === 'in_progress') {
