@@ -60,13 +60,7 @@ async def test_generate_page_and_see_errors_in_the_gallery(page: Page, served_ap
 
     # Generating shows a working state (held open until seen, as a slow model would), then the
     # new picture first in the grid.
-    drawn = asyncio.Event()
-
-    async def slow_model(route: Route) -> None:
-        await drawn.wait()
-        await route.continue_()
-
-    await page.route("**/api/generateImage", slow_model)
+    drawn = await hold(page, "**/api/generateImage")
     await page.fill("#prompt", "A red fox in fresh snow, watercolor")
     await page.click("#generate")
     await expect(page.locator("#status")).to_contain_text("Generating")
@@ -98,6 +92,19 @@ async def test_generate_page_and_see_errors_in_the_gallery(page: Page, served_ap
     await page.click("#generate")
     await expect(page.locator("#error")).to_have_text("The prompt is longer than 4000 characters; shorten it.")
     await expect(gallery).to_have_count(15)
+
+
+async def hold(page: Page, url: str) -> asyncio.Event:
+    """Hold the page's requests to `url` (as a slow model would) until the event returned is set:
+    the test releases them once it has seen the page's working state, however slow the machine."""
+    release = asyncio.Event()
+
+    async def held(route: Route) -> None:
+        await release.wait()
+        await route.continue_()
+
+    await page.route(url, held)
+    return release
 
 
 async def out_of_sight(element: Locator) -> bool:
@@ -148,13 +155,7 @@ async def test_a_tile_is_a_button_named_by_its_prompt_and_opens_the_viewer_from_
 async def test_a_prompt_typed_while_a_picture_is_drawn_is_kept(page: Page, served_app: ServedApp):
     # The field is emptied when the picture arrives, but only of the prompt that was drawn.
     await page.goto(served_app.url + "/")
-    drawn = asyncio.Event()
-
-    async def slow_model(route: Route) -> None:
-        await drawn.wait()
-        await route.continue_()
-
-    await page.route("**/api/generateImage", slow_model)
+    drawn = await hold(page, "**/api/generateImage")
     await page.fill("#prompt", "A lighthouse at dusk, oil painting")
     await page.get_by_role("button", name="Generate").click()
     await expect(page.get_by_role("status")).to_contain_text("Generating")
@@ -172,13 +173,7 @@ async def test_generating_is_announced_in_a_live_region(page: Page, served_app: 
     await expect(status).to_have_text("")
     assert await out_of_sight(status)
 
-    drawn = asyncio.Event()
-
-    async def slow_model(route: Route) -> None:
-        await drawn.wait()
-        await route.continue_()
-
-    await page.route("**/api/generateImage", slow_model)
+    drawn = await hold(page, "**/api/generateImage")
     await page.fill("#prompt", "A lighthouse at dusk, oil painting")
     await page.get_by_role("button", name="Generate").click()
     await expect(status).to_have_text("Generating your image… this can take up to a minute.")
@@ -200,7 +195,7 @@ async def test_buttons_pressed_from_the_keyboard_keep_the_focus(page: Page, serv
     pictures = page.get_by_role("list").get_by_role("listitem")
     await expect(pictures).to_have_count(12)
 
-    listed, drawn = asyncio.Event(), asyncio.Event()  # each request held until its working state is seen
+    listed = asyncio.Event()  # the last page held until Load more's working state is seen
 
     async def last_page_slowly(route: Route) -> None:
         # The page after the first is the last one, however many pictures the module stored.
@@ -208,12 +203,8 @@ async def test_buttons_pressed_from_the_keyboard_keep_the_focus(page: Page, serv
         response = await route.fetch()
         await route.fulfill(response=response, json={**await response.json(), "nextCursor": None})
 
-    async def slowly(route: Route) -> None:
-        await drawn.wait()
-        await route.continue_()
-
     await page.route("**/api/getImages?*", last_page_slowly)
-    await page.route("**/api/generateImage", slowly)
+    drawn = await hold(page, "**/api/generateImage")
     load_more = page.get_by_role("button", name="Load more")
     await load_more.focus()
     await page.keyboard.press("Enter")
