@@ -28,7 +28,7 @@ from visionary.localhost import ROOT, HostConfig, HostConfigError, port_number
 
 if TYPE_CHECKING:
     from visionary.migration import Report
-    from visionary.settings import StorageSettings
+    from visionary.settings import Settings, StorageSettings
 
 AZURITE_PORT = 10000
 # Azurite's well-known account and key, public in its documentation.
@@ -89,11 +89,13 @@ def serve_app(config: HostConfig, host: str, port: int) -> int:
             "  in the environment or in local.settings.json, and restart.\n",
             flush=True,
         )
-    for text in Settings.from_env().unmet():  # requests that need the setting answer 503 not_configured
-        print(f"  Setting to fix: {text}", file=sys.stderr, flush=True)
-    if storage := _storage_unmet():  # every storage request answers 503 not_configured with it
-        print(f"  Setting to fix: {storage}", file=sys.stderr, flush=True)
-    for text in unknown_settings():  # a typo in a name: its setting takes no effect, silently on Azure
+    settings = Settings.from_env()
+    to_fix = [
+        *settings.unmet(),  # requests that need the setting answer 503 not_configured
+        *_storage_unmet(settings),  # every storage request answers 503 not_configured with it
+        *unknown_settings(),  # a typo in a name: its setting takes no effect, silently on Azure
+    ]
+    for text in to_fix:
         print(f"  Setting to fix: {text}", file=sys.stderr, flush=True)
     import function_app
     from visionary import clients
@@ -109,19 +111,18 @@ def serve_app(config: HostConfig, host: str, port: int) -> int:
     return 0
 
 
-def _storage_unmet() -> str | None:
+def _storage_unmet(settings: Settings) -> list[str]:
     """What makes well-formed storage settings unusable, as the storage requests would name it.
 
     Only the storage client shows it (a malformed connection string, a key that is not base64),
     so it is not among Settings.unmet()."""
     from visionary.errors import ApiError
-    from visionary.settings import Settings
     from visionary.storage import Gallery
 
     try:
-        storage = Settings.from_env().require_storage()
+        storage = settings.require_storage()
     except ApiError:  # missing or malformed: Settings.unmet() names it
-        return None
+        return []
 
     async def build() -> None:
         await Gallery.from_settings(storage).close()  # no request: the client connects on first use
@@ -129,8 +130,8 @@ def _storage_unmet() -> str | None:
     try:
         asyncio.run(build())
     except ApiError as error:
-        return error.message
-    return None
+        return [error.message]
+    return []
 
 
 def run_stack(
