@@ -22,6 +22,11 @@ from aiohttp import web
 
 from tests.identity import access_token
 
+
+class WholeBody(dict):
+    """An error answer's body sent as it is, not as OpenAI's {"error": {...}}."""
+
+
 IMAGE_ERRORS = {
     "content_policy": (
         400,
@@ -93,6 +98,20 @@ IMAGE_ERRORS = {
             "param": None,
             "code": "400",
         },
+    ),
+    "invalid_size_via_fastapi": (  # a compatible server on FastAPI: its own 422 body
+        422,
+        WholeBody({
+            "detail": [
+                {
+                    "type": "literal_error",
+                    "loc": ["body", "size"],
+                    "msg": "Input should be '256x256', '512x512' or '1024x1024'",
+                    "input": "640x480",
+                    "ctx": {"expected": "'256x256', '512x512' or '1024x1024'"},
+                }
+            ]
+        }),
     ),
     "rate_limit": (
         429,
@@ -568,4 +587,5 @@ def _raw(answer: tuple[str, str]) -> web.Response:
 
 
 def _error(status: int, error: dict, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": error}, status=status, headers=headers or {})
+    body = error if isinstance(error, WholeBody) else {"error": error}
+    return web.json_response(body, status=status, headers=headers or {})

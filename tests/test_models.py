@@ -120,7 +120,9 @@ async def test_a_5xx_asking_for_a_long_wait_is_a_502_at_once_not_a_504_after_min
     assert len(openai_env.model_calls()) == 1
 
 
-@pytest.mark.parametrize("error", ["invalid_size", "invalid_size_via_litellm"])
+@pytest.mark.parametrize(
+    "error", ["invalid_size", "invalid_size_via_litellm", "invalid_size_via_fastapi"]
+)
 async def test_a_request_the_model_refuses_as_made_does_not_say_try_again(api: Api, openai_env: OpenAIServer, error):
     openai_env.behaviour.error = error  # a size in VISIONARY_IMAGE_SIZES the model does not take
     answer = await api.generate({"prompt": "A lighthouse"})

@@ -360,7 +360,7 @@ def _upstream(error: openai.APIStatusError, settings_hint: str, credentials: str
         )
     if error.status_code == 404:
         return ApiError.upstream_error("The model service does not know the configured model or deployment.")
-    if error.status_code == 400:  # the request as the settings make it: trying again will not help
+    if error.status_code in (400, 422):  # the request as the settings make it: trying again will not help
         return ApiError.upstream_error(
             f"The model service refused the request as the app makes it; check the {settings_hint} settings."
         )
